@@ -111,8 +111,15 @@ def parse_verdict(body: str) -> str | None:
 
 
 def format_action(kind: str, text: str, think: str | None = None) -> str:
-    """The text of an action, as the oracle and demonstrations write it."""
+    """The text of an action, as the oracle and demonstrations write it: `<search> query </search>`.
+
+    The body sits between spaces (Search-R1's layout), so a name in it starts with a space
+    as it does mid-sentence in the question and the passages, and a BPE tokenizer spells it
+    with the same tokens there and here: a small model can copy it token for token
+    (without the space, the first word of `<search>Acur Grei mentor` tokenizes differently
+    from ` Acur` in the question, and copying becomes a spelling task).
+    """
     if kind not in ACTIONS:
         raise ValueError(f"unknown action kind {kind!r}; expected one of {ACTIONS}")
-    prefix = f"<think>{think}</think>" if think else ""
-    return f"{prefix}<{kind}>{text}</{kind}>"
+    prefix = f"<think> {think} </think>" if think else ""
+    return f"{prefix}<{kind}> {text} </{kind}>"

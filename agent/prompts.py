@@ -16,9 +16,9 @@ from retrieval.types import Passage
 from agent.actions import PROTOCOL_TAGS
 
 SYSTEM_PROMPT = """You answer questions by searching a knowledge base. Each turn, you may think inside <think> and </think>, then take exactly one action:
-- <search>query</search> searches the knowledge base; the results come back inside <information> and </information>.
-- <judge>useful</judge> or <judge>not useful</judge> judges the latest results; results judged not useful are removed from your context.
-- <answer>text</answer> gives the final answer: a short phrase, without explanation.
+- <search> query </search> searches the knowledge base; the results come back inside <information> and </information>.
+- <judge> useful </judge> or <judge> not useful </judge> judges the latest results; results judged not useful are removed from your context.
+- <answer> text </answer> gives the final answer: a short phrase, without explanation.
 Search as often as you need, then answer."""
 
 PROMPT_STYLES = ("auto", "chat", "compact")
@@ -69,7 +69,7 @@ NO_RESULTS = "No results."
 
 def corrective_message(error: str) -> str:
     return (
-        f"\n\nInvalid action ({error}). Take exactly one action: <search>query</search>, "
-        "<judge>useful</judge>, <judge>not useful</judge> or <answer>text</answer>.\n\n"
+        f"\n\nInvalid action ({error}). Take exactly one action: <search> query </search>, "
+        "<judge> useful </judge>, <judge> not useful </judge> or <answer> text </answer>.\n\n"
     )
 

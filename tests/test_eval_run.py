@@ -73,7 +73,7 @@ def test_rag_rollout_exact_tokens(tiny_tokenizer):
     retriever = FixedRetriever(PASSAGES)
     cfg = RolloutConfig(top_k=2, max_doc_tokens=4, temperature=0.0)
     [traj] = OneTurnRollout(engine, retriever, cfg, tok, retrieve=True)([EXAMPLE])
-    search = ids(tok, f"<search>{EXAMPLE.question}</search>")
+    search = ids(tok, f"<search> {EXAMPLE.question} </search>")
     obs = ids(tok, OBSERVATION_OPEN)
     for rank, p in enumerate(PASSAGES[:2], 1):  # d1 and d2 share words with the question, d3 none
         obs += ids(tok, passage_header(rank, p)) + ids(tok, p.text)[:4] + ids(tok, "\n")

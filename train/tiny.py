@@ -11,7 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.actions import PROTOCOL_TAGS
+from agent.actions import NOT_USEFUL, PROTOCOL_TAGS, USEFUL
+from agent.oracle import UNKNOWN
+from agent.prompts import NO_RESULTS
+
+# Bumped whenever the texts or the recipe of the tokenizer change, so a cached one is not reused.
+TOKENIZER_VERSION = 2
 
 QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -128,6 +133,10 @@ def world_texts(world_dir: str | Path) -> Iterable[str]:
                 questions.append(rec["question"] + " " + " ".join(rec.get("golden_answers", [])))
                 support.update(rec.get("metadata", {}).get("support", []))
     yield from questions
+    # The protocol's own words, about as often as demonstrations use them, so that
+    # `<judge> not useful </judge>` or `<answer> unknown </answer>` are a few tokens, not letters.
+    protocol = [f" {USEFUL}", f" {NOT_USEFUL}", f" {UNKNOWN}", NO_RESULTS, "Doc 1 (Title: x)", "Doc 2 (Title: x)"]
+    yield from protocol * len(questions)
     with open(world_dir / "corpus.jsonl", encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -140,7 +149,7 @@ def tokenizer_for_world(world_dir: str | Path, vocab_size: int = 2048, cache_dir
     """The embedded tokenizer of a generated world, trained once and cached on disk."""
     from transformers import AutoTokenizer
 
-    cache = Path(cache_dir) if cache_dir else Path(world_dir) / "tiny" / f"tokenizer-{vocab_size}"
+    cache = Path(cache_dir) if cache_dir else Path(world_dir) / "tiny" / f"tokenizer-v{TOKENIZER_VERSION}-{vocab_size}"
     if (cache / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(cache)
     tokenizer = train_tokenizer(world_texts(world_dir), vocab_size)
