@@ -98,3 +98,55 @@ def test_sft_loss_decreases_on_a_tiny_run(tiny_model_dir):
     after = masked_lm_loss(model, batch).item()
     assert after < 0.5 * before, (before, after)
     assert [h["step"] for h in history] == [10, 20, 30]
+
+
+def test_context_loss_covers_the_other_real_tokens_only():
+    from train.sft import sft_losses
+
+    model = UniformLM()
+    long = Segment(context_ids=[1, 2], response_ids=[3, 4, 3], loss_mask=[1, 0, 1], logprobs=[0.0] * 3)
+    short = Segment(context_ids=[1], response_ids=[3], loss_mask=[1], logprobs=[0.0])  # padded by 3
+    batch = collate_segments([long, short], pad_id=0)
+    z = 15 + math.exp(2)
+    lp3, lp_other = 2 - math.log(z), -math.log(z)
+    policy, context = sft_losses(model, batch)
+    # policy tokens: the three sampled '3's; context tokens: '2' and the injected '4' (pads excluded)
+    assert policy.item() == pytest.approx(-lp3, rel=1e-6)
+    assert context.item() == pytest.approx(-lp_other, rel=1e-6)
+
+
+def test_autocast_setting():
+    from train.sft import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("none", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="autocast must be auto, bf16 or none, got 'fp8'"):
+        autocast_dtype("fp8", cpu)
+
+
+def test_context_term_trains_on_injected_text_and_is_logged(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.sft import SFTConfig, heldout_loss, sft_losses, train_sft
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tok("Where was Orin Kael born?", add_special_tokens=False)["input_ids"]
+    injected = tok("<information>Orin Kael was born in Velmora.</information>", add_special_tokens=False)["input_ids"]
+    answer = tok("<answer> Velmora </answer>", add_special_tokens=False)["input_ids"]
+    seg = Segment(prompt, injected + answer, [0] * len(injected) + [1] * len(answer), [0.0] * (len(injected) + len(answer)))
+    batch = collate_segments([seg], tok.pad_token_id)
+    results = {}
+    for weight in (0.0, 1.0):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        cfg = SFTConfig(max_steps=20, batch_size=2, learning_rate=3e-3, log_every=10, context_lm_weight=weight,
+                        autocast="none", heldout_every=20)
+        history = train_sft(model, tok, [seg] * 4, cfg, heldout=[seg])
+        with torch.no_grad():
+            results[weight] = sft_losses(model, batch)[1].item()
+        assert ("context_loss" in history[-1]) == (weight > 0)
+        assert [h["step"] for h in history if "heldout_loss" in h] == [20]
+        assert history[-1]["heldout_loss"] == pytest.approx(heldout_loss(model, [seg], tok.pad_token_id, 1024), rel=1e-5)
+    # Only the weighted run learns the injected text.
+    assert results[1.0] < results[0.0] - 1.0, results

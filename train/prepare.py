@@ -53,9 +53,16 @@ def ensure_tiny_policy(data_dir: str | Path = DEFAULT_DATA, index_dir: str | Pat
     """The warm-started tiny policy of a world: built with `train.sft` once, then reused."""
     from train.sft import SFTConfig, run
 
+    import json
+
+    from train.sft import TINY_RECIPE
+
     out = tiny_policy_dir(data_dir)
     if (out / "config.json").exists():
-        return out
+        built = json.loads((out / "training.json").read_text()).get("recipe") if (out / "training.json").exists() else None
+        if built == TINY_RECIPE:
+            return out
+        console.print(f"{out} was built by an older recipe ({built}, now {TINY_RECIPE}): rebuilding it")
     console.print(f"building the embedded tiny policy (tokenizer, model, SFT on oracle demonstrations) in {out}")
     run(SFTConfig(model="tiny", data=str(data_dir), index=str(index_dir), output_dir=str(out), **sft_overrides))
     return out

@@ -32,6 +32,10 @@ from train.config import doc, parse_config
 
 console = Console(stderr=True)
 
+# Version of the embedded policy's recipe (format, tokenizer, data, schedule): a cached
+# tiny policy built by another version is rebuilt rather than reused.
+TINY_RECIPE = 2
+
 
 @dataclass
 class SFTConfig:
@@ -41,9 +45,9 @@ class SFTConfig:
     demos: str | None = doc("traces.jsonl of demonstrations; default: oracle rollouts of the train split", None)
     output_dir: str | None = doc("where the warm-started model directory is written "
                                  "(default: DATA/tiny/policy-sft for the tiny model, else outputs/sft)", None)
-    max_steps: int = doc("optimizer steps", 700)
-    batch_size: int = doc("segments per optimizer step", 32)
-    learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1e-3)
+    max_steps: int = doc("optimizer steps", 800)
+    batch_size: int = doc("segments per optimizer step", 12)
+    learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1.5e-3)
     warmup_ratio: float = doc("share of steps spent warming up linearly", 0.05)
     weight_decay: float = doc("AdamW weight decay", 0.0)
     max_grad_norm: float = doc("gradient clipping norm", 1.0)
@@ -54,6 +58,17 @@ class SFTConfig:
     tiny_vocab_size: int = doc("BPE vocabulary of a new tiny model's tokenizer (model=tiny only)", 2048)
     tiny_hidden_size: int = doc("width of a new tiny model (model=tiny only)", 256)
     tiny_layers: int = doc("transformer blocks of a new tiny model (model=tiny only)", 4)
+    extra_world_entities: int = doc(
+        "model=tiny on a generated world: entities of a second, freshly named world whose oracle demonstrations "
+        "join the train split's (0 = none). With only the train split's ~1,400 names a tiny model memorises them "
+        "instead of learning to copy names, and its held-out EM stays near 0", 8000)
+    extra_world_seed: int | None = doc("seed of that world (default: the data world's seed + 1000)", None)
+    context_lm_weight: float | None = doc(
+        "weight of an auxiliary next-token loss on the injected text (prompt, observations); default: 0.5 for "
+        "model=tiny, which has read no text before (a pretrained model has: 0). The SFT loss itself stays on "
+        "loss_mask tokens", None)
+    autocast: str = doc("auto (bf16 autocast where the CPU or GPU computes bf16 natively) | bf16 | none", "auto")
+    heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 100)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
     seed: int = doc("seed of initialisation, shuffling and sampling", 0)
@@ -64,7 +79,7 @@ def rollout_config(cfg: SFTConfig, **overrides) -> RolloutConfig:
 
 
 def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512):
-    """Oracle trajectories of `examples`; returns (kept, n_rolled) where kept answered correctly."""
+    """Oracle trajectories of `examples`, only the correctly answered ones."""
     from agent.oracle import OracleEngine
     from rewards.outcome import exact_match
 
@@ -87,12 +102,61 @@ def training_segments(trajs: list[Trajectory]) -> list[Segment]:
 
 def masked_lm_loss(model, batch) -> torch.Tensor:
     """Mean cross-entropy over the tokens the policy produced."""
+    return sft_losses(model, batch)[0]
+
+
+def sft_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy loss, context loss): mean cross-entropy over the tokens the policy produced
+    (`loss_mask` 1) and over every other real token (prompt, injected observations)."""
     logits_B_L_V = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     logits_B_T_V = logits_B_L_V[:, :-1].float()
     targets_B_T = batch.input_ids[:, 1:]
-    weight_B_T = batch.loss_mask[:, 1:]
+    policy_B_T = batch.loss_mask[:, 1:]
+    context_B_T = batch.attention_mask[:, 1:].float() * (1.0 - policy_B_T)
     nll_B_T = torch.nn.functional.cross_entropy(logits_B_T_V.transpose(1, 2), targets_B_T, reduction="none")
-    return (nll_B_T * weight_B_T).sum() / weight_B_T.sum().clamp(min=1)
+    return ((nll_B_T * policy_B_T).sum() / policy_B_T.sum().clamp(min=1),
+            (nll_B_T * context_B_T).sum() / context_B_T.sum().clamp(min=1))
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked, or for `auto` where the hardware computes it natively; else None."""
+    if setting not in ("auto", "bf16", "none"):
+        raise ValueError(f"autocast must be auto, bf16 or none, got {setting!r}")
+    if setting == "none":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
+
+
+def _cpu_has_bf16() -> bool:
+    """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls about twice as fast as fp32
+    (a 4-layer d=256 model trains 1.9x faster on such a CPU); elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def heldout_loss(model, segments: list[Segment], pad_id: int, max_len: int, autocast: torch.dtype | None = None,
+                 batch_size: int = 32) -> float:
+    """Masked loss on held-out demonstrations (no gradient): the curve that shows whether
+    the model copies names it has never seen or only recalls the ones it trained on."""
+    device = next(model.parameters()).device
+    was_training, total, weight = model.training, 0.0, 0.0
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        for i in range(0, len(segments), batch_size):
+            batch = collate_segments(segments[i : i + batch_size], pad_id, max_len).to(device)
+            n = float(batch.loss_mask[:, 1:].sum())
+            total += sft_losses(model, batch)[0].item() * n
+            weight += n
+    model.train(was_training)
+    return total / max(weight, 1.0)
 
 
 def length_batches(segments: list[Segment], batch_size: int, rng: random.Random) -> list[list[Segment]]:
@@ -103,8 +167,9 @@ def length_batches(segments: list[Segment], batch_size: int, rng: random.Random)
     return batches
 
 
-def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig) -> list[dict]:
-    """The training loop; returns the logged history ({step, loss, lr, tokens_per_s})."""
+def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout: list[Segment] | None = None) -> list[dict]:
+    """The training loop; returns the logged history ({step, loss, lr, tokens_per_s}, plus
+    `context_loss` when that term is on and `heldout_loss` every `heldout_every` steps)."""
     from transformers import get_cosine_schedule_with_warmup
 
     if not segments:
@@ -115,7 +180,9 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig) -> list
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
     device = next(model.parameters()).device
-    history, batches, window = [], [], []
+    amp = autocast_dtype(cfg.autocast, device)
+    context_weight = cfg.context_lm_weight or 0.0
+    history, batches, window, context_window = [], [], [], []
     tokens, start = 0, time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("sft", total=cfg.max_steps)
@@ -123,22 +190,33 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig) -> list
             if not batches:
                 batches = length_batches(segments, cfg.batch_size, rng)
             batch = collate_segments(batches.pop(), tokenizer.pad_token_id, cfg.max_len).to(device)
-            loss = masked_lm_loss(model, batch)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, context_loss = sft_losses(model, batch)
+            total = loss + context_weight * context_loss if context_weight else loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             tokens += batch.n_tokens
             window.append(loss.item())
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            context_window.append(context_loss.item())
+            check = bool(heldout) and cfg.heldout_every > 0 and (step % cfg.heldout_every == 0 or step == cfg.max_steps)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or check:
                 rec = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
                        "tokens_per_s": tokens / (time.perf_counter() - start)}
+                if context_weight:
+                    rec["context_loss"] = sum(context_window) / len(context_window)
+                if check:
+                    rec["heldout_loss"] = heldout_loss(model, heldout, tokenizer.pad_token_id, cfg.max_len, amp)
                 history.append(rec)
-                window = []
+                window, context_window = [], []
                 progress.update(task, description=f"sft loss {rec['loss']:.3f}")
                 progress.console.print(
-                    f"step {step:>5} · loss {rec['loss']:.4f} · lr {rec['lr']:.2e} · {rec['tokens_per_s']:.0f} tokens/s",
+                    f"step {step:>5} · loss {rec['loss']:.4f}"
+                    + (f" · context loss {rec['context_loss']:.3f}" if "context_loss" in rec else "")
+                    + (f" · dev loss {rec['heldout_loss']:.4f}" if "heldout_loss" in rec else "")
+                    + f" · lr {rec['lr']:.2e} · {rec['tokens_per_s']:.0f} tokens/s",
                     highlight=False,
                 )
             progress.advance(task)
@@ -161,6 +239,62 @@ def save_atomic(model, tokenizer, out_dir: Path, extra: dict | None = None) -> P
     tmp.rename(out_dir)
     return out_dir
 
+
+def held_out_names(data_dir: str | Path) -> set[str]:
+    """Names and aliases of a generated world's dev and test entities (empty for other data)."""
+    import json
+
+    path = Path(data_dir) / "world.json"
+    if not path.exists():
+        return set()
+    entities = json.loads(path.read_text(encoding="utf-8"))["entities"]
+    return {name for e in entities if e["split"] in ("dev", "test") for name in (e["name"], *e.get("aliases", []))}
+
+
+def extra_world_demonstrations(cfg: SFTConfig, tokenizer) -> tuple[list[Trajectory], int]:
+    """Oracle demonstrations on every split of a second, freshly named world (generated and
+    BM25-indexed once under DATA/tiny/: a dense index of it would cost ~100 s of the build). Its names are new, so the model cannot answer by
+    recalling them and has to learn to copy them from the question and the passages.
+    Where a generated name of that world is also a dev/test name of the data world (a
+    chance collision), every demonstration mentioning it is dropped: SFT never sees a
+    held-out entity's name."""
+    import json
+
+    from eval.datasets import load_qa
+    from retrieval import open_retriever
+    from retrieval.corpus import load_corpus
+    from train.prepare import ensure_index, ensure_world
+
+    seed = cfg.extra_world_seed
+    if seed is None:
+        seed = json.loads((Path(cfg.data) / "world.json").read_text(encoding="utf-8"))["seed"] + 1000
+    base = Path(cfg.data) / "tiny" / f"extra-world-{seed}-{cfg.extra_world_entities}"
+    data_dir = ensure_world(base, seed=seed, entities=cfg.extra_world_entities)
+    index_dir = ensure_index(data_dir, base.with_name(base.name + "-bm25"), method="bm25")
+    examples = [ex for split in ("train", "dev", "test") for ex in load_qa(data_dir, split)]
+    corpus = load_corpus(data_dir / "corpus.jsonl")
+    demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title,
+                                  rollout_config(cfg))
+    extra_names = {name for e in json.loads((data_dir / "world.json").read_text(encoding="utf-8"))["entities"]
+                   for name in (e["name"], *e.get("aliases", []))}
+    return without_names(demos, examples, extra_names & held_out_names(cfg.data)), len(examples)
+
+
+def without_names(demos: list[Trajectory], examples, names: set[str]) -> list[Trajectory]:
+    """The demonstrations whose question, answers and retrieved passages mention none of `names`."""
+    import re
+
+    if not names:
+        return demos
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+    by_id = {ex.id: ex for ex in examples}
+
+    def mentions(traj: Trajectory) -> bool:
+        ex = by_id[traj.example_id]
+        texts = [ex.question, *ex.answers, *(t for step in traj.steps for p in step.passages for t in (p.title, p.text))]
+        return any(pattern.search(text) for text in texts)
+
+    return [d for d in demos if not mentions(d)]
 
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -195,6 +329,8 @@ def run(cfg: SFTConfig) -> dict:
         from train.prepare import tiny_policy_dir
 
         cfg.output_dir = str(tiny_policy_dir(cfg.data)) if cfg.model == "tiny" else "outputs/sft"
+    if cfg.context_lm_weight is None:
+        cfg.context_lm_weight = 0.5 if cfg.model == "tiny" else 0.0
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy_for_sft(cfg)
     retriever = None
@@ -213,14 +349,26 @@ def run(cfg: SFTConfig) -> dict:
         retriever = open_retriever(cfg.index)
         corpus = load_corpus(Path(cfg.data) / "corpus.jsonl")
         demos = oracle_demonstrations(train, retriever, tokenizer, lambda d: corpus.passage(d).title, rollout_config(cfg))
+        # Retrieval over the whole corpus also returns dev/test entities' passages as
+        # distractors: those demonstrations go, so SFT never reads a held-out entity.
+        demos = without_names(demos, train, held_out_names(cfg.data))
         n_rolled = len(train)
+        if cfg.model == "tiny" and cfg.extra_world_entities and (Path(cfg.data) / "world.json").exists():
+            extra, n_extra = extra_world_demonstrations(cfg, tokenizer)
+            console.print(f"{len(extra)}/{n_extra} demonstrations from a freshly named world of {cfg.extra_world_entities} entities")
+            demos, n_rolled = demos + extra, n_rolled + n_extra
     segments = training_segments(demos)
     n_tokens = sum(len(s.context_ids) + len(s.response_ids) for s in segments)
     console.print(f"{len(demos)}/{n_rolled} demonstrations kept · {len(segments)} segments · "
                   f"{n_tokens / max(len(segments), 1):.0f} tokens per segment on average")
+    heldout = []
+    if cfg.heldout_every and not cfg.demos and (Path(cfg.data) / "dev.jsonl").exists():
+        dev = load_qa(cfg.data, "dev")[:100]
+        heldout = training_segments(oracle_demonstrations(dev, retriever, tokenizer, lambda d: corpus.passage(d).title,
+                                                          rollout_config(cfg)))
     start = time.perf_counter()
-    history = train_sft(model, tokenizer, segments, cfg)
-    summary = {"config": asdict(cfg), "demonstrations": len(demos), "segments": len(segments),
+    history = train_sft(model, tokenizer, segments, cfg, heldout)
+    summary = {"recipe": TINY_RECIPE, "config": asdict(cfg), "demonstrations": len(demos), "segments": len(segments),
                "train_seconds": round(time.perf_counter() - start, 1), "history": history}
     if cfg.eval_questions:
         summary["dev"] = evaluate_policy(model, tokenizer, cfg, retriever or open_retriever(cfg.index))

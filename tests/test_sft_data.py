@@ -1,0 +1,58 @@
+"""What the warm start trains on: demonstrations that never show a held-out entity."""
+
+import pytest
+
+from eval.world import WorldConfig, generate_world, write_world
+from train.sft import SFTConfig, extra_world_demonstrations, held_out_names, without_names
+from train.tiny import tokenizer_for_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sftdata") / "world"
+    write_world(generate_world(WorldConfig(seed=4, entities=300)), root)
+    return root
+
+
+def demo_text(tok, demo) -> str:
+    return "".join(tok.decode(s.context_ids + s.response_ids) for s in demo.segments)
+
+
+def test_held_out_names_are_the_dev_and_test_entities(world):
+    import json
+
+    entities = json.loads((world / "world.json").read_text())["entities"]
+    held = held_out_names(world)
+    assert {e["name"] for e in entities if e["split"] in ("dev", "test")} <= held
+    assert not {e["name"] for e in entities if e["split"] == "train"} & held
+    assert held_out_names(world / "missing") == set()
+
+
+def test_extra_world_drops_every_demonstration_naming_a_held_out_entity(world):
+    tok = tokenizer_for_world(world, vocab_size=1024)
+    held = held_out_names(world)
+    # The data world's own seed regenerates the same names: every dev/test name clashes.
+    same = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4, top_k=2)
+    demos, n = extra_world_demonstrations(same, tok)
+    assert 0 < len(demos) < 0.9 * n
+    for demo in demos:
+        text = demo_text(tok, demo)
+        assert not any(name in text for name in held), demo.example_id
+    # A fresh seed: few or no collisions, nearly everything kept, and cached on disk.
+    fresh = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77, top_k=2)
+    demos, n = extra_world_demonstrations(fresh, tok)
+    assert len(demos) >= 0.8 * n
+    assert (world / "tiny" / "extra-world-77-300" / "test.jsonl").exists()
+
+
+def test_without_names_checks_question_answers_and_passages():
+    from agent.types import Example, Step, Trajectory
+    from retrieval.types import Passage
+
+    ex = [Example("q1", "Where is Orin Kael?", ["Velmora"]), Example("q2", "Where is Ada Lorn?", ["Tesk"])]
+    seen = Passage("d1", "Ada Lorn", "Ada Lorn met Zed Quill in Tesk.", 1.0)
+    trajs = [Trajectory("q1", "q1", 0, [], [Step("search", "Orin Kael", (0, 1))]),
+             Trajectory("q2", "q2", 0, [], [Step("search", "Ada Lorn", (0, 1), passages=[seen])])]
+    assert without_names(trajs, ex, set()) == trajs
+    assert [t.example_id for t in without_names(trajs, ex, {"Zed Quill"})] == ["q1"]
+    assert [t.example_id for t in without_names(trajs, ex, {"Velmora"})] == ["q2"]
