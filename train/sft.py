@@ -8,7 +8,11 @@ produces (`loss_mask` 1), never on the prompt or on injected observations.
 
 Demonstrations default to the scripted oracle's trajectories on the *train* split (its
 judges of distractors included), rolled out with the policy's own tokenizer, so their
-token ids are exactly what this model will see. Only correctly answered ones are kept.
+token ids are exactly what this model will see. Only correctly answered ones are kept,
+and none that shows a dev/test entity (retrieval over the whole corpus returns their
+passages as distractors). The tiny model also trains on the demonstrations of a second,
+freshly named world, so that names must be copied rather than recalled, with an auxiliary
+loss on the injected text (`context_lm_weight`) and bf16 autocast where the CPU has it.
 """
 
 from __future__ import annotations
