@@ -56,3 +56,38 @@ def test_without_names_checks_question_answers_and_passages():
     assert without_names(trajs, ex, set()) == trajs
     assert [t.example_id for t in without_names(trajs, ex, {"Zed Quill"})] == ["q1"]
     assert [t.example_id for t in without_names(trajs, ex, {"Velmora"})] == ["q2"]
+
+
+def test_pretraining_texts_leave_out_held_out_names(world):
+    from train.sft import pretraining_texts
+
+    held = held_out_names(world)
+    texts = pretraining_texts(SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4))
+    assert texts
+    assert not any(name in text for text in texts for name in held)
+    fresh = pretraining_texts(SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77))
+    assert len(fresh) > len(texts)
+
+
+def test_pretraining_lowers_the_loss_on_its_text(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.sft import pretrain
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    texts = ["Orin Kael was born in Velmora. Orin Kael wrote The Pale Voyige."] * 20
+    x = torch.tensor([tok(texts[0] + "\n\n" + texts[0], add_special_tokens=False)["input_ids"]])
+
+    def loss():
+        with torch.no_grad():
+            return model(input_ids=x, labels=x).loss.item()
+
+    before = loss()
+    cfg = SFTConfig(pretrain_steps=20, pretrain_rows=4, learning_rate=3e-3, log_every=10, autocast="none")
+    history = pretrain(model, tok, texts, cfg, row_len=32)
+    assert [h["step"] for h in history] == [10, 20]
+    assert loss() < before - 2.0, before
+    with pytest.raises(ValueError, match="fewer than one row of 256"):
+        pretrain(model, tok, ["short"], cfg)
