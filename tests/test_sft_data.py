@@ -3,7 +3,8 @@
 import pytest
 
 from eval.world import WorldConfig, generate_world, write_world
-from train.sft import SFTConfig, extra_world_demonstrations, held_out_names, without_names
+from train.demos import extra_world_demonstrations, held_out_names, without_names
+from train.sft import SFTConfig, rollout_config
 from train.tiny import tokenizer_for_world
 
 
@@ -33,14 +34,14 @@ def test_extra_world_drops_every_demonstration_naming_a_held_out_entity(world):
     held = held_out_names(world)
     # The data world's own seed regenerates the same names: every dev/test name clashes.
     same = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4, top_k=2)
-    demos, n = extra_world_demonstrations(same, tok)
+    demos, n = extra_world_demonstrations(same, tok, rollout_config(same))
     assert 0 < len(demos) < 0.9 * n
     for demo in demos:
         text = demo_text(tok, demo)
         assert not any(name in text for name in held), demo.example_id
     # A fresh seed: few or no collisions, nearly everything kept, and cached on disk.
     fresh = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77, top_k=2)
-    demos, n = extra_world_demonstrations(fresh, tok)
+    demos, n = extra_world_demonstrations(fresh, tok, rollout_config(fresh))
     assert len(demos) >= 0.8 * n
     assert (world / "tiny" / "extra-world-77-300" / "test.jsonl").exists()
 
@@ -59,7 +60,7 @@ def test_without_names_checks_question_answers_and_passages():
 
 
 def test_pretraining_texts_leave_out_held_out_names(world):
-    from train.sft import pretraining_texts
+    from train.demos import pretraining_texts
 
     held = held_out_names(world)
     texts = pretraining_texts(SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4))

@@ -51,11 +51,9 @@ def tiny_policy_dir(data_dir: str | Path) -> Path:
 
 def ensure_tiny_policy(data_dir: str | Path = DEFAULT_DATA, index_dir: str | Path = DEFAULT_INDEX, **sft_overrides) -> Path:
     """The warm-started tiny policy of a world: built with `train.sft` once, then reused."""
-    from train.sft import SFTConfig, run
-
     import json
 
-    from train.sft import TINY_RECIPE
+    from train.sft import TINY_RECIPE, SFTConfig, run
 
     out = tiny_policy_dir(data_dir)
     if (out / "config.json").exists():

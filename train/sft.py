@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from agent.rollout import Rollout, RolloutConfig
-from agent.types import Segment, Trajectory
+from agent.types import Segment
 from train.batching import collate_segments
 from train.config import doc, parse_config
+from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
+                         progress_bar, training_segments, without_names)
 
 console = Console(stderr=True)
 
@@ -84,28 +85,6 @@ class SFTConfig:
 
 def rollout_config(cfg: SFTConfig, **overrides) -> RolloutConfig:
     return RolloutConfig(top_k=cfg.top_k, max_doc_tokens=cfg.max_doc_tokens, temperature=0.0, **overrides)
-
-
-def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512):
-    """Oracle trajectories of `examples`, only the correctly answered ones."""
-    from agent.oracle import OracleEngine
-    from rewards.outcome import exact_match
-
-    kept, by_id = [], {ex.id: ex for ex in examples}
-    with _progress() as progress:
-        task = progress.add_task("oracle demonstrations", total=len(examples))
-        for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
-            engine = OracleEngine(tokenizer, batch, title_of, prompt_style=rcfg.prompt_style)
-            for traj in Rollout(engine, retriever, rcfg, tokenizer)(batch):
-                if exact_match(traj.answer, by_id[traj.example_id].answers):
-                    kept.append(traj)
-            progress.advance(task, len(batch))
-    return kept
-
-
-def training_segments(trajs: list[Trajectory]) -> list[Segment]:
-    return [seg for t in trajs for seg in t.segments if any(seg.loss_mask)]
 
 
 def masked_lm_loss(model, batch) -> torch.Tensor:
@@ -192,7 +171,7 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout
     context_weight = cfg.context_lm_weight or 0.0
     history, batches, window, context_window = [], [], [], []
     tokens, start = 0, time.perf_counter()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("sft", total=cfg.max_steps)
         for step in range(1, cfg.max_steps + 1):
             if not batches:
@@ -248,52 +227,6 @@ def save_atomic(model, tokenizer, out_dir: Path, extra: dict | None = None) -> P
     return out_dir
 
 
-def held_out_names(data_dir: str | Path) -> set[str]:
-    """Names and aliases of a generated world's dev and test entities (empty for other data)."""
-    import json
-
-    path = Path(data_dir) / "world.json"
-    if not path.exists():
-        return set()
-    entities = json.loads(path.read_text(encoding="utf-8"))["entities"]
-    return {name for e in entities if e["split"] in ("dev", "test") for name in (e["name"], *e.get("aliases", []))}
-
-
-def extra_world_dir(cfg: SFTConfig) -> Path:
-    """The second world of the tiny model's warm start, generated once under DATA/tiny/."""
-    import json
-
-    from train.prepare import ensure_world
-
-    seed = cfg.extra_world_seed
-    if seed is None:
-        seed = json.loads((Path(cfg.data) / "world.json").read_text(encoding="utf-8"))["seed"] + 1000
-    return ensure_world(Path(cfg.data) / "tiny" / f"extra-world-{seed}-{cfg.extra_world_entities}", seed=seed,
-                        entities=cfg.extra_world_entities)
-
-
-def clashing_names(cfg: SFTConfig, data_dir: Path) -> set[str]:
-    """Names of the second world that are also dev/test names of the data world."""
-    import json
-
-    extra = {name for e in json.loads((data_dir / "world.json").read_text(encoding="utf-8"))["entities"]
-             for name in (e["name"], *e.get("aliases", []))}
-    return extra & held_out_names(cfg.data)
-
-
-def pretraining_texts(cfg: SFTConfig) -> list[str]:
-    """The second world's passages, minus any that mentions a held-out name of the data world."""
-    import json
-    import re
-
-    data_dir = extra_world_dir(cfg)
-    clash = clashing_names(cfg, data_dir)
-    pattern = re.compile("|".join(re.escape(n) for n in sorted(clash, key=len, reverse=True))) if clash else None
-    with open(data_dir / "corpus.jsonl", encoding="utf-8") as f:
-        texts = [json.loads(line)["contents"] for line in f if line.strip()]
-    return [t for t in texts if not (pattern and pattern.search(t))]
-
-
 def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 256) -> list[dict]:
     """Next-token pretraining on `texts`, shuffled, packed into rows of `row_len` tokens.
 
@@ -318,7 +251,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     history, window = [], []
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("pretraining on text", total=cfg.pretrain_steps)
         for step in range(1, cfg.pretrain_steps + 1):
             x_B_L = rows_N_L[torch.randint(0, len(rows_N_L), (cfg.pretrain_rows,), generator=gen)].to(device)
@@ -338,50 +271,6 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
             progress.advance(task)
     model.eval()
     return history
-
-
-def extra_world_demonstrations(cfg: SFTConfig, tokenizer) -> tuple[list[Trajectory], int]:
-    """Oracle demonstrations on every split of a second, freshly named world (generated and
-    BM25-indexed once under DATA/tiny/: a dense index of it would cost ~100 s of the build). Its names are new, so the model cannot answer by
-    recalling them and has to learn to copy them from the question and the passages.
-    Where a generated name of that world is also a dev/test name of the data world (a
-    chance collision), every demonstration mentioning it is dropped: SFT never sees a
-    held-out entity's name."""
-    import json
-
-    from eval.datasets import load_qa
-    from retrieval import open_retriever
-    from retrieval.corpus import load_corpus
-    from train.prepare import ensure_index
-
-    data_dir = extra_world_dir(cfg)
-    index_dir = ensure_index(data_dir, data_dir.with_name(data_dir.name + "-bm25"), method="bm25")
-    examples = [ex for split in ("train", "dev", "test") for ex in load_qa(data_dir, split)]
-    corpus = load_corpus(data_dir / "corpus.jsonl")
-    demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title,
-                                  rollout_config(cfg))
-    return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
-
-
-def without_names(demos: list[Trajectory], examples, names: set[str]) -> list[Trajectory]:
-    """The demonstrations whose question, answers and retrieved passages mention none of `names`."""
-    import re
-
-    if not names:
-        return demos
-    pattern = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
-    by_id = {ex.id: ex for ex in examples}
-
-    def mentions(traj: Trajectory) -> bool:
-        ex = by_id[traj.example_id]
-        texts = [ex.question, *ex.answers, *(t for step in traj.steps for p in step.passages for t in (p.title, p.text))]
-        return any(pattern.search(text) for text in texts)
-
-    return [d for d in demos if not mentions(d)]
-
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
 
 
 def load_policy_for_sft(cfg: SFTConfig):
@@ -437,7 +326,7 @@ def run(cfg: SFTConfig) -> dict:
         demos = without_names(demos, train, held_out_names(cfg.data))
         n_rolled = len(train)
         if cfg.model == "tiny" and cfg.extra_world_entities and (Path(cfg.data) / "world.json").exists():
-            extra, n_extra = extra_world_demonstrations(cfg, tokenizer)
+            extra, n_extra = extra_world_demonstrations(cfg, tokenizer, rollout_config(cfg))
             console.print(f"{len(extra)}/{n_extra} demonstrations from a freshly named world of {cfg.extra_world_entities} entities")
             demos, n_rolled = demos + extra, n_rolled + n_extra
     segments = training_segments(demos)

@@ -1,0 +1,135 @@
+"""What the warm start trains on: oracle demonstrations (of the data world's train split
+and, for the tiny model, of a second, freshly named world) and the passages it pretrains
+on, none of which ever names a dev/test entity of the data world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from agent.rollout import Rollout, RolloutConfig
+from agent.types import Segment, Trajectory
+
+if TYPE_CHECKING:
+    from train.sft import SFTConfig
+
+console = Console(stderr=True)
+
+
+def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512):
+    """Oracle trajectories of `examples`, only the correctly answered ones."""
+    from agent.oracle import OracleEngine
+    from rewards.outcome import exact_match
+
+    kept, by_id = [], {ex.id: ex for ex in examples}
+    with progress_bar() as progress:
+        task = progress.add_task("oracle demonstrations", total=len(examples))
+        for i in range(0, len(examples), batch_size):
+            batch = examples[i : i + batch_size]
+            engine = OracleEngine(tokenizer, batch, title_of, prompt_style=rcfg.prompt_style)
+            for traj in Rollout(engine, retriever, rcfg, tokenizer)(batch):
+                if exact_match(traj.answer, by_id[traj.example_id].answers):
+                    kept.append(traj)
+            progress.advance(task, len(batch))
+    return kept
+
+
+def training_segments(trajs: list[Trajectory]) -> list[Segment]:
+    return [seg for t in trajs for seg in t.segments if any(seg.loss_mask)]
+
+
+def entity_names(world_dir: str | Path, splits: tuple[str, ...] | None = None) -> set[str]:
+    """Names and aliases of a generated world's entities (of `splits`; all when None)."""
+    import json
+
+    path = Path(world_dir) / "world.json"
+    if not path.exists():
+        return set()
+    entities = json.loads(path.read_text(encoding="utf-8"))["entities"]
+    return {name for e in entities if splits is None or e["split"] in splits for name in (e["name"], *e.get("aliases", []))}
+
+
+def held_out_names(data_dir: str | Path) -> set[str]:
+    """Names and aliases of a generated world's dev and test entities (empty for other data)."""
+    return entity_names(data_dir, ("dev", "test"))
+
+
+def names_pattern(names: set[str]):
+    """One regex matching any of `names` (longest first), or None for no names."""
+    import re
+
+    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))) if names else None
+
+
+def extra_world_dir(cfg: SFTConfig) -> Path:
+    """The second world of the tiny model's warm start, generated once under DATA/tiny/."""
+    import json
+
+    from train.prepare import ensure_world
+
+    seed = cfg.extra_world_seed
+    if seed is None:
+        seed = json.loads((Path(cfg.data) / "world.json").read_text(encoding="utf-8"))["seed"] + 1000
+    return ensure_world(Path(cfg.data) / "tiny" / f"extra-world-{seed}-{cfg.extra_world_entities}", seed=seed,
+                        entities=cfg.extra_world_entities)
+
+
+def clashing_names(cfg: SFTConfig, data_dir: Path) -> set[str]:
+    """Names of the second world that are also dev/test names of the data world."""
+    return entity_names(data_dir) & held_out_names(cfg.data)
+
+
+def pretraining_texts(cfg: SFTConfig) -> list[str]:
+    """The second world's passages, minus any that mentions a held-out name of the data world."""
+    import json
+
+    data_dir = extra_world_dir(cfg)
+    pattern = names_pattern(clashing_names(cfg, data_dir))
+    with open(data_dir / "corpus.jsonl", encoding="utf-8") as f:
+        texts = [json.loads(line)["contents"] for line in f if line.strip()]
+    return [t for t in texts if not (pattern and pattern.search(t))]
+
+
+def extra_world_demonstrations(cfg: SFTConfig, tokenizer, rcfg: RolloutConfig) -> tuple[list[Trajectory], int]:
+    """Oracle demonstrations on every split of a second, freshly named world (generated and
+    BM25-indexed once under DATA/tiny/: a dense index of it would cost ~100 s of the
+    build). Its names are new, so the model cannot answer by recalling them and has to
+    learn to copy them from the question and the passages.
+    Where a generated name of that world is also a dev/test name of the data world (a
+    chance collision), every demonstration mentioning it is dropped: SFT never sees a
+    held-out entity's name."""
+    from eval.datasets import load_qa
+    from retrieval import open_retriever
+    from retrieval.corpus import load_corpus
+    from train.prepare import ensure_index
+
+    data_dir = extra_world_dir(cfg)
+    index_dir = ensure_index(data_dir, data_dir.with_name(data_dir.name + "-bm25"), method="bm25")
+    examples = [ex for split in ("train", "dev", "test") for ex in load_qa(data_dir, split)]
+    corpus = load_corpus(data_dir / "corpus.jsonl")
+    demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title, rcfg)
+    return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
+
+
+def without_names(demos: list[Trajectory], examples, names: set[str]) -> list[Trajectory]:
+    """The demonstrations whose question, answers and retrieved passages mention none of `names`."""
+    pattern = names_pattern(names)
+    if pattern is None:
+        return demos
+    by_id = {ex.id: ex for ex in examples}
+
+    def mentions(traj: Trajectory) -> bool:
+        ex = by_id[traj.example_id]
+        texts = [ex.question, *ex.answers, *(t for step in traj.steps for p in step.passages for t in (p.title, p.text))]
+        return any(pattern.search(text) for text in texts)
+
+    return [d for d in demos if not mentions(d)]
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
