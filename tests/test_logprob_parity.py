@@ -84,3 +84,28 @@ def test_prefix_cache_changes_nothing_but_the_work(tiny_model_dir):
     before = engine.prefix_tokens_reused
     engine.generate([warm[0].segments[-1].full_ids], SamplingParams(max_new_tokens=2))
     assert engine.prefix_tokens_reused == before
+
+
+def test_chunks_cut_to_their_longest_row_give_each_row_its_own_logprobs(model_and_engine):
+    """Rows of mixed lengths, in any order, get the logprobs and entropies they get alone."""
+    from agent.types import Segment
+
+    model, engine = model_and_engine
+    lengths = [5, 31, 9, 17, 2, 23, 12]
+    segments = [Segment(context_ids=[5 + (i * 7 + k) % 50 for k in range(3)],
+                        response_ids=[7 + (i * 3 + k) % 40 for k in range(n)], loss_mask=[1] * n, logprobs=[0.0] * n)
+                for i, n in enumerate(lengths)]
+    pad = engine.tokenizer.pad_token_id
+    batch = collate_segments(segments, pad_id=pad)
+    with torch.no_grad():
+        lp, ent = token_logprobs(model, batch, 0.7, chunk=3, with_entropy=True)
+        for b, seg in enumerate(segments):
+            alone_lp, alone_ent = token_logprobs(model, collate_segments([seg], pad_id=pad), 0.7, with_entropy=True)
+            n = alone_lp.shape[1]
+            torch.testing.assert_close(lp[b, :n], alone_lp[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ent[b, :n], alone_ent[0], atol=1e-5, rtol=1e-5)
+    # Gradients reach the model through the reordering.
+    model.zero_grad()
+    (-token_logprobs(model, batch, 0.7, chunk=3)[batch.loss_mask.bool()].mean()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad()

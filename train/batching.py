@@ -61,24 +61,31 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
     """(B, L) log pi(x_t | x_<t) under softmax(logits / T); position 0 (no history) is 0.
 
     Computed in float32 a few rows at a time, so a large vocabulary never materialises a
-    full (B, L, V) log-softmax. Gradients flow when called outside `torch.no_grad`.
-    With `with_entropy`, also returns the (B, L) entropy of the distribution each token was
-    drawn from, aligned the same way.
+    full (B, L, V) log-softmax. Rows go through the model sorted by length and each chunk
+    is cut to its longest row, so short rows do not pay for the batch's longest one (right
+    padding: a row's tokens never attend to what is cut). Gradients flow when called
+    outside `torch.no_grad`. With `with_entropy`, also returns the (B, L) entropy of the
+    distribution each token was drawn from, aligned the same way.
     """
     T = temperature if temperature > 0 else 1.0
+    B, L = batch.input_ids.shape
+    lengths_B = batch.attention_mask.sum(1)
+    order_B = torch.argsort(lengths_B, descending=True, stable=True)
     out, entropies = [], []
-    for start in range(0, batch.input_ids.shape[0], chunk):
-        ids_b_L = batch.input_ids[start : start + chunk]
-        mask_b_L = batch.attention_mask[start : start + chunk]
-        logits_b_L_V = model(input_ids=ids_b_L, attention_mask=mask_b_L, use_cache=False).logits
-        logits_b_L_V = logits_b_L_V[:, :-1].float() / T
-        targets_b_L = ids_b_L[:, 1:]
-        picked = logits_b_L_V.gather(-1, targets_b_L.unsqueeze(-1)).squeeze(-1)
-        lse_b_L = torch.logsumexp(logits_b_L_V, dim=-1)
-        out.append(torch.nn.functional.pad(picked - lse_b_L, (1, 0)))
+    for start in range(0, B, chunk):
+        rows_b = order_B[start : start + chunk]
+        n = max(int(lengths_B[rows_b].max()), 1)
+        ids_b_n = batch.input_ids[rows_b, :n]
+        logits_b_n_V = model(input_ids=ids_b_n, attention_mask=batch.attention_mask[rows_b, :n], use_cache=False).logits
+        logits_b_n_V = logits_b_n_V[:, :-1].float() / T
+        picked = logits_b_n_V.gather(-1, ids_b_n[:, 1:].unsqueeze(-1)).squeeze(-1)
+        lse_b_n = torch.logsumexp(logits_b_n_V, dim=-1)
+        out.append(torch.nn.functional.pad(picked - lse_b_n, (1, L - n)))
         if with_entropy:
-            probs = torch.softmax(logits_b_L_V, dim=-1)
-            entropies.append(torch.nn.functional.pad(lse_b_L - (probs * logits_b_L_V).sum(-1), (1, 0)))
+            probs = torch.softmax(logits_b_n_V, dim=-1)
+            entropies.append(torch.nn.functional.pad(lse_b_n - (probs * logits_b_n_V).sum(-1), (1, L - n)))
+    unsort_B = torch.argsort(order_B)
+    logprobs_B_L = torch.cat(out, dim=0)[unsort_B]
     if with_entropy:
-        return torch.cat(out, dim=0), torch.cat(entropies, dim=0)
-    return torch.cat(out, dim=0)
+        return logprobs_B_L, torch.cat(entropies, dim=0)[unsort_B]
+    return logprobs_B_L
