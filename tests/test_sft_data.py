@@ -44,6 +44,13 @@ def test_extra_world_drops_every_demonstration_naming_a_held_out_entity(world):
     demos, n = extra_world_demonstrations(fresh, tok, rollout_config(fresh))
     assert len(demos) >= 0.8 * n
     assert (world / "tiny" / "extra-world-77-300" / "test.jsonl").exists()
+    # Only a seeded sample of its questions is rolled out when asked.
+    sample = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77, extra_world_questions=60, top_k=2)
+    few, n_few = extra_world_demonstrations(sample, tok, rollout_config(sample))
+    again, _ = extra_world_demonstrations(sample, tok, rollout_config(sample))
+    assert n_few == 60 < n and 0.8 * 60 <= len(few) <= 60
+    assert [d.example_id for d in few] == [d.example_id for d in again]
+    assert {d.example_id for d in few} <= {d.example_id for d in demos}
 
 
 def test_without_names_checks_question_answers_and_passages():

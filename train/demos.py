@@ -4,6 +4,7 @@ on, none of which ever names a dev/test entity of the data world."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -110,6 +111,8 @@ def extra_world_demonstrations(cfg: SFTConfig, tokenizer, rcfg: RolloutConfig) -
     data_dir = extra_world_dir(cfg)
     index_dir = ensure_index(data_dir, data_dir.with_name(data_dir.name + "-bm25"), method="bm25")
     examples = [ex for split in ("train", "dev", "test") for ex in load_qa(data_dir, split)]
+    if cfg.extra_world_questions and cfg.extra_world_questions < len(examples):
+        examples = random.Random(cfg.seed).sample(examples, cfg.extra_world_questions)
     corpus = load_corpus(data_dir / "corpus.jsonl")
     demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title, rcfg)
     return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
