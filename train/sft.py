@@ -50,7 +50,7 @@ class SFTConfig:
     demos: str | None = doc("traces.jsonl of demonstrations; default: oracle rollouts of the train split", None)
     output_dir: str | None = doc("where the warm-started model directory is written "
                                  "(default: DATA/tiny/policy-sft for the tiny model, else outputs/sft)", None)
-    max_steps: int = doc("optimizer steps", 420)
+    max_steps: int = doc("optimizer steps", 460)
     batch_size: int = doc("segments per optimizer step", 12)
     learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1.5e-3)
     warmup_ratio: float = doc("share of steps spent warming up linearly", 0.05)
@@ -66,13 +66,12 @@ class SFTConfig:
     extra_world_entities: int = doc(
         "model=tiny on a generated world: entities of a second, freshly named world whose oracle demonstrations "
         "join the train split's (0 = none). With only the train split's ~1,400 names a tiny model memorises them "
-        "instead of learning to copy names, and its held-out EM stays near 0", 8000)
+        "instead of learning to copy names, and its held-out EM stays near 0", 6000)
     extra_world_questions: int = doc(
-        "questions of that world rolled out as demonstrations, a seeded sample (0 = all): about as many as SFT "
-        "reads once, since its passages, not its demonstrations, are what pretraining needs in bulk", 5000)
+        "questions of that world rolled out as demonstrations, a seeded sample (0 = all)", 0)
     pretrain_steps: int = doc(
         "model=tiny: steps of next-token pretraining on the second world's passages before SFT (0 = none). "
-        "Names repeat in every passage, so this is where the model learns to copy them", 360)
+        "Names repeat in every passage, so this is where the model learns to copy them", 420)
     pretrain_rows: int = doc("rows of 256 tokens per pretraining step", 16)
     extra_world_seed: int | None = doc("seed of that world (default: the data world's seed + 1000)", None)
     context_lm_weight: float | None = doc(
