@@ -248,6 +248,19 @@ def test_process_advantages_by_hand():
     close(adv[2], [-b - a / 4, -b - a / 2, -b - a, 0])
 
 
+def test_process_advantages_compare_steps_of_the_same_kind():
+    # Same trajectories; steps 0 and 2 of sample 0 and step 0 of sample 1 are searches (key 0),
+    # step 1 of sample 0 is an answer (key 1). Searches (1, 1, 0): mean 2/3, unbiased std
+    # sqrt(1/3) -> c = sqrt(1/3) for a 1, -2c for the 0. The lone answer step gives 0
+    # instead of counting as a step that earned 0.
+    keys = torch.tensor([[-1, 0, -1, 1], [-1, 0, -1, -1], [-1, -1, 0, -1]])
+    c, b = math.sqrt(1 / 3), 0.5 / math.sqrt(0.5)
+    adv = process_advantages(torch.tensor([1.0, 0.0]), P_GROUPS, P_STEP_REWARDS, P_STEP_INDEX, P_MASK, P_TRAJ,
+                             step_keys_B_T=keys)
+    # Sample 0's sampled tokens [0, c, 0 | 0, c] -> to go: [2c, 2c, c | c, c]; sample 1's [0, 0, -2c].
+    close(adv, [[b + 2 * c, b + 2 * c, 0, b + c], [b + c, b + c, 0, 0], [-b - 2 * c] * 3 + [0]])
+
+
 def test_process_advantages_refuse_rewards_off_step_ends():
     off = P_STEP_REWARDS.clone()
     off[2, 0] = 1.0

@@ -40,13 +40,15 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
 
 
 def test_resume_matches_an_uninterrupted_run(setup, tiny_model_dir):
+    # Every row trains (a random model rarely earns a reward), so each step has an update to match.
+    every_row = ["--skip_zero_advantage", "false"]
     straight = setup / "straight"
-    main(args(setup, tiny_model_dir, straight, 3))
+    main(args(setup, tiny_model_dir, straight, 3) + every_row)
     resumed = setup / "resumed"
-    main(args(setup, tiny_model_dir, resumed, 2))
+    main(args(setup, tiny_model_dir, resumed, 2) + every_row)
     # A step that was logged but not checkpointed is redone on resume, not duplicated.
     (resumed / "checkpoint-2").rename(resumed / "killed-before-checkpoint")
-    main(args(setup, tiny_model_dir, resumed, 3))
+    main(args(setup, tiny_model_dir, resumed, 3) + every_row)
     a, b = metrics(straight), metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
@@ -82,12 +84,13 @@ def test_sigkill_mid_training_then_rerun_resumes_exactly(setup, tiny_model_dir):
     import time
 
     straight = setup / "sig-straight"
-    main(args(setup, tiny_model_dir, straight, 4))
+    every_row = ["--skip_zero_advantage", "false"]
+    main(args(setup, tiny_model_dir, straight, 4) + every_row)
     out = setup / "sig-killed"
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "train" / "grpo.py"
-    cmd = [sys.executable, str(script), *args(setup, tiny_model_dir, out, 4)]
+    cmd = [sys.executable, str(script), *args(setup, tiny_model_dir, out, 4), *every_row]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -104,3 +107,36 @@ def test_sigkill_mid_training_then_rerun_resumes_exactly(setup, tiny_model_dir):
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
     steps = [t["step"] for t in read_traces(out / "traces.jsonl")]
     assert steps == sorted(steps) and [steps.count(s) for s in (1, 2, 3, 4)] == [6, 6, 6, 6]
+
+
+def test_rows_without_advantage_are_left_out_of_the_update(tiny_model_dir):
+    """Skipping all-zero rows gives exactly the update of a batch holding only the others."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
+                    logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in range(4)]
+    adv_rows = torch.tensor([[0.0] * 7, [0, 0, 0, 1.0, 1.0, 0, 1.0], [0.0] * 7, [0, 0, 0, -0.5, -0.5, 0, -0.5]])
+
+    def updated(rows, skip):
+        policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
+        cfg = GRPOConfig(skip_zero_advantage=skip, learning_rate=1e-2, temperature=1.0)
+        batch = collate_segments([segs[r] for r in rows], pad_id=0)
+        optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        stats = policy_update(policy, Advantages(batch, adv_rows[rows], [0.0] * len(rows)), cfg, optimizer, scheduler, seed=0)
+        return torch.cat([p.detach().flatten() for p in policy.model.parameters()]), stats
+
+    skipped, stats = updated([0, 1, 2, 3], skip=True)
+    only_signal, _ = updated([1, 3], skip=False)
+    everything, _ = updated([0, 1, 2, 3], skip=False)
+    assert stats["rows_trained"] == 0.5
+    torch.testing.assert_close(skipped, only_signal)
+    assert not torch.allclose(skipped, everything)  # the token mean differs: zero rows dilute it
+    untouched, stats = updated([0, 2], skip=True)
+    assert stats["rows_trained"] == 0.0 and "loss" not in stats

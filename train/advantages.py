@@ -271,6 +271,7 @@ def process_advantages(
     outcome_rewards_N: torch.Tensor, group_ids_N: torch.Tensor, step_rewards_B_T: torch.Tensor,
     step_index_B_T: torch.Tensor, loss_mask_B_T: torch.Tensor, traj_index_B: torch.Tensor,
     process_weight: float = 1.0, gamma: float = 1.0, scale_by_std: bool = True, eps: float = 1e-6,
+    step_keys_B_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, T) GRPO outcome advantage on every sampled token + `process_weight` x process advantage.
 
@@ -284,12 +285,21 @@ def process_advantages(
     `outcome_rewards_N` is the end-of-trajectory part only (`PlacedRewards.outcome`), so that
     step rewards are not counted twice. `step_rewards_B_T` and `step_index_B_T` come from
     `place_step_rewards(..., include_outcome=False)`: rewards at step ends, -1 elsewhere.
+
+    `step_keys_B_T` (an int at each step end, e.g. the step's kind) narrows the comparison
+    to the group's steps with the same key: rule-based step rewards rate only some kinds of
+    step (searches, judges), and counting every answer step as a step that earned 0 pushes
+    every answer down.
     """
     packing, r_N_S, is_step_N_S = _packed_steps(
         outcome_rewards_N, group_ids_N, step_rewards_B_T, step_index_B_T, loss_mask_B_T, traj_index_B)
     n_M, s_M = is_step_N_S.nonzero(as_tuple=True)
+    keys_M = group_ids_N[n_M]
+    if step_keys_B_T is not None:
+        _check_same_shape(step_index_B_T=step_index_B_T, step_keys_B_T=step_keys_B_T)
+        keys_M = torch.stack([keys_M, packing.pack(step_keys_B_T.long())[n_M, s_M]], dim=1)
     normalised_N_S = torch.zeros_like(r_N_S)
-    normalised_N_S[n_M, s_M] = _group_normalise(r_N_S[n_M, s_M], group_ids_N[n_M], scale_by_std, eps)
+    normalised_N_S[n_M, s_M] = _group_normalise(r_N_S[n_M, s_M], keys_M, scale_by_std, eps)
     process_N_S = _returns(normalised_N_S, gamma)
     outcome_N = grpo_outcome_advantages(outcome_rewards_N, group_ids_N, scale_by_std, eps)
     return packing.unpack((outcome_N[:, None] + process_weight * process_N_S) * packing.valid_N_S)

@@ -60,6 +60,9 @@ class GRPOConfig:
     rewards: str = doc("reward spec: a JSON list of {name, weight, ...} (see rewards/registry.py)", DEFAULT_REWARDS)
     advantage: str = doc("process (GRPO outcome + normalised step rewards) | grpo | dr_grpo | rloo | reinforce_pp", "process")
     process_weight: float = doc("weight of the process advantage (advantage=process)", 1.0)
+    negative_weight: float = doc("scale of negative advantages (1 = as estimated; < 1 pushes less on worse-than-average samples)", 1.0)
+    process_by_kind: bool = doc("normalise each step reward among the group's steps of the same kind (searches with "
+                                "searches), not among all its steps", True)
     clip_low: float = doc("lower clip of the ratio: 1 - clip_low", 0.2)
     clip_high: float = doc("upper clip of the ratio: 1 + clip_high (clip-higher when > clip_low)", 0.28)
     kl_coef: float = doc("weight of the KL term to the reference model (0 = none, no reference held)", 0.0)
@@ -68,6 +71,7 @@ class GRPOConfig:
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
     updates_per_batch: int = doc("passes over each batch (PPO epochs)", 1)
     minibatch_rows: int = doc("segments per optimizer step within a pass", 128)
+    skip_zero_advantage: bool = doc("leave rows whose advantages are all 0 out of the update (no KL/entropy term only)", True)
     max_grad_norm: float = doc("gradient clipping norm", 1.0)
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)

@@ -37,14 +37,22 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
         step_rewards_B_T = response_values_to_rows(rewards_rows, batch.attention_mask)
         step_index_B_T = response_values_to_rows(index_rows, batch.attention_mask, fill=-1, dtype=torch.long)
         outcome_N = torch.tensor([p.outcome for p in placed], dtype=torch.float32)
+        keys_B_T = None
+        if cfg.process_by_kind:  # searches compared with searches, judges with judges
+            kinds: dict[str, int] = {}
+            key_rows = [[kinds.setdefault(t.steps[i].kind, len(kinds)) if i >= 0 else -1 for i in row]
+                        for t, p in zip(trajs, placed) for row in p.step_index]
+            keys_B_T = response_values_to_rows(key_rows, batch.attention_mask, fill=-1, dtype=torch.long)
         adv_B_T = process_advantages(outcome_N, group_ids_N, step_rewards_B_T, step_index_B_T, mask_B_T,
-                                     traj_index_B, process_weight=cfg.process_weight)
+                                     traj_index_B, process_weight=cfg.process_weight, step_keys_B_T=keys_B_T)
     elif cfg.advantage in ADVANTAGE_ESTIMATORS:
         rewards_N = torch.tensor([s.value for s in scores], dtype=torch.float32)
         adv_N = ADVANTAGE_ESTIMATORS[cfg.advantage](rewards_N, group_ids_N)
         adv_B_T = adv_N[traj_index_B, None] * mask_B_T
     else:
         raise ValueError(f"unknown advantage {cfg.advantage!r}; expected process or one of {sorted(ADVANTAGE_ESTIMATORS)}")
+    if cfg.negative_weight != 1.0:
+        adv_B_T = torch.where(adv_B_T < 0, cfg.negative_weight * adv_B_T, adv_B_T)
     sums_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, adv_B_T.sum(1))
     counts_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, mask_B_T.sum(1)).clamp(min=1)
     return Advantages(batch, adv_B_T, (sums_N / counts_N).tolist())
@@ -53,14 +61,21 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
 def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int) -> dict:
     """`updates_per_batch` passes of minibatch steps on the clipped loss (+ KL, - entropy)."""
     model, batch = policy.model, adv.batch
-    model.train()
-    rows = batch.input_ids.shape[0]
     max_tokens = int(batch.attention_mask.sum(1).max())
-    gen = torch.Generator().manual_seed(seed)
+    # Rows whose every advantage is 0 (a group whose samples all scored alike) add nothing
+    # to the policy gradient but cost a forward and backward pass; without KL or entropy
+    # terms they are left out (as DAPO's dynamic sampling), and the token mean is then
+    # taken over the tokens that carry signal.
+    keep_B = torch.arange(batch.input_ids.shape[0])
+    if cfg.skip_zero_advantage and not cfg.kl_coef and not cfg.entropy_coef:
+        keep_B = (adv.adv_B_T != 0).any(dim=1).nonzero().squeeze(1)
     logs = defaultdict(list)
-    for _ in range(cfg.updates_per_batch):
-        perm = torch.randperm(rows, generator=gen)
-        for start in range(0, rows, cfg.minibatch_rows):
+    logs["rows_trained"].append(len(keep_B) / max(batch.input_ids.shape[0], 1))
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.updates_per_batch if len(keep_B) else 0):
+        perm = keep_B[torch.randperm(len(keep_B), generator=gen)]
+        for start in range(0, len(perm), cfg.minibatch_rows):
             idx = perm[start : start + cfg.minibatch_rows]
             mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
             mask, adv_mb = mb.loss_mask, adv.adv_B_T[idx]
