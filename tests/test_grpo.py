@@ -40,15 +40,13 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
 
 
 def test_resume_matches_an_uninterrupted_run(setup, tiny_model_dir):
-    # Every row trains (a random model rarely earns a reward), so each step has an update to match.
-    every_row = ["--skip_zero_advantage", "false"]
     straight = setup / "straight"
-    main(args(setup, tiny_model_dir, straight, 3) + every_row)
+    main(args(setup, tiny_model_dir, straight, 3))
     resumed = setup / "resumed"
-    main(args(setup, tiny_model_dir, resumed, 2) + every_row)
+    main(args(setup, tiny_model_dir, resumed, 2))
     # A step that was logged but not checkpointed is redone on resume, not duplicated.
     (resumed / "checkpoint-2").rename(resumed / "killed-before-checkpoint")
-    main(args(setup, tiny_model_dir, resumed, 3) + every_row)
+    main(args(setup, tiny_model_dir, resumed, 3))
     a, b = metrics(straight), metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
@@ -84,13 +82,12 @@ def test_sigkill_mid_training_then_rerun_resumes_exactly(setup, tiny_model_dir):
     import time
 
     straight = setup / "sig-straight"
-    every_row = ["--skip_zero_advantage", "false"]
-    main(args(setup, tiny_model_dir, straight, 4) + every_row)
+    main(args(setup, tiny_model_dir, straight, 4))
     out = setup / "sig-killed"
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "train" / "grpo.py"
-    cmd = [sys.executable, str(script), *args(setup, tiny_model_dir, out, 4), *every_row]
+    cmd = [sys.executable, str(script), *args(setup, tiny_model_dir, out, 4)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
