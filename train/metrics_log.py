@@ -79,7 +79,13 @@ def plot_curves(metrics_path: Path, out_png: Path, keys=("reward", "em", "dev_em
     fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes[0], present):
         points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*points), marker="." if len(points) < 40 else None)
+        ax.plot(*zip(*points), marker="." if len(points) < 40 else None, alpha=0.5 if len(points) >= 10 else 1.0)
+        if len(points) >= 10:  # each step's batch holds other questions: the trend is in the running mean
+            w = max(3, len(points) // 8)
+            values = [v for _, v in points]
+            running = [sum(values[max(0, i - w + 1) : i + 1]) / len(values[max(0, i - w + 1) : i + 1]) for i in range(len(values))]
+            ax.plot([x for x, _ in points], running, color="black", linewidth=1.5, label=f"mean of last {w}")
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
