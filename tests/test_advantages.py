@@ -304,3 +304,12 @@ def test_trajectory_split_into_rows_gets_the_same_step_grouped_advantages():
     adv = step_grouped_advantages(G_OUTCOME, torch.tensor([0, 0]), rewards, step_index, mask,
                                   torch.tensor([0, 0, 1]), scale_by_std=False)
     close(adv, [[1.5, 1.5, 1.25, 0], [0, 1.25, 0.75, 0], [-1.5, -1.25, -1.25, 0]])
+
+
+def test_scale_negatives_touches_only_negative_advantages():
+    from train.advantages import scale_negatives
+
+    adv = torch.tensor([[1.5, -2.0, 0.0], [-0.5, 0.25, -1.0]])
+    close(scale_negatives(adv, 0.3), [[1.5, -0.6, 0.0], [-0.15, 0.25, -0.3]])
+    close(scale_negatives(adv, 1.0), adv.tolist())
+    close(scale_negatives(adv, 0.0), [[1.5, 0.0, 0.0], [0.0, 0.25, 0.0]])

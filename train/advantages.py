@@ -305,6 +305,12 @@ def process_advantages(
     return packing.unpack((outcome_N[:, None] + process_weight * process_N_S) * packing.valid_N_S)
 
 
+def scale_negatives(adv_B_T: torch.Tensor, weight: float) -> torch.Tensor:
+    """Advantages with the negative ones multiplied by `weight` (1 = unchanged, 0 = only
+    better-than-average samples are pushed on)."""
+    return torch.where(adv_B_T < 0, weight * adv_B_T, adv_B_T)
+
+
 @torch.no_grad()
 def step_grouped_advantages(
     outcome_rewards_N: torch.Tensor, group_ids_N: torch.Tensor, step_rewards_B_T: torch.Tensor,

@@ -11,7 +11,8 @@ import torch
 from agent.types import Example, Trajectory
 from rewards.base import Score
 from rewards.outcome import exact_match
-from train.advantages import ADVANTAGE_ESTIMATORS, place_step_rewards, process_advantages, response_values_to_rows
+from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_advantages, response_values_to_rows,
+                              scale_negatives)
 from train.batching import TokenBatch, collate_segments, token_logprobs
 from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss
 
@@ -52,7 +53,7 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
     else:
         raise ValueError(f"unknown advantage {cfg.advantage!r}; expected process or one of {sorted(ADVANTAGE_ESTIMATORS)}")
     if cfg.negative_weight != 1.0:
-        adv_B_T = torch.where(adv_B_T < 0, cfg.negative_weight * adv_B_T, adv_B_T)
+        adv_B_T = scale_negatives(adv_B_T, cfg.negative_weight)
     sums_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, adv_B_T.sum(1))
     counts_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, mask_B_T.sum(1)).clamp(min=1)
     return Advantages(batch, adv_B_T, (sums_N / counts_N).tolist())
