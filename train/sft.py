@@ -156,18 +156,31 @@ def length_batches(segments: list[Segment], batch_size: int, rng: random.Random)
     return batches
 
 
+def adamw_cosine(model, cfg: SFTConfig, steps: int):
+    """(optimizer, scheduler) of both warm-start phases: AdamW and a one-cycle cosine over `steps`."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+
+
+def optimizer_step(loss: torch.Tensor, model, optimizer, scheduler, max_grad_norm: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout: list[Segment] | None = None) -> list[dict]:
     """The training loop; returns the logged history ({step, loss, lr, tokens_per_s}, plus
     `context_loss` when that term is on and `heldout_loss` every `heldout_every` steps)."""
-    from transformers import get_cosine_schedule_with_warmup
-
     if not segments:
         raise ValueError("no demonstration segments to train on (every demonstration had an empty loss mask)")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
+    optimizer, scheduler = adamw_cosine(model, cfg, cfg.max_steps)
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg.autocast, device)
     context_weight = cfg.context_lm_weight or 0.0
@@ -182,11 +195,7 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss, context_loss = sft_losses(model, batch)
             total = loss + context_weight * context_loss if context_weight else loss
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(total, model, optimizer, scheduler, cfg.max_grad_norm)
             tokens += batch.n_tokens
             window.append(loss.item())
             context_window.append(context_loss.item())
@@ -237,8 +246,6 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
     to copy names (held-out EM stays near 0 after 1,200 SFT steps). The passages repeat
     their entity's name in every sentence, which teaches exactly that.
     """
-    from transformers import get_cosine_schedule_with_warmup
-
     rng = random.Random(cfg.seed)
     texts = list(texts)
     rng.shuffle(texts)
@@ -248,8 +255,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
     rows_N_L = torch.tensor(ids[: len(ids) // row_len * row_len]).view(-1, row_len)
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg.autocast, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.pretrain_steps), cfg.pretrain_steps)
+    optimizer, scheduler = adamw_cosine(model, cfg, cfg.pretrain_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     history, window = [], []
@@ -260,11 +266,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits_B_L_V = model(input_ids=x_B_L, use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(logits_B_L_V[:, :-1].float().flatten(0, 1), x_B_L[:, 1:].flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, model, optimizer, scheduler, cfg.max_grad_norm)
             window.append(loss.item())
             if step % cfg.log_every == 0 or step == cfg.pretrain_steps:
                 history.append({"step": step, "loss": sum(window) / len(window)})
