@@ -83,8 +83,9 @@ def plot_curves(metrics_path: Path, out_png: Path, keys=("reward", "em", "dev_em
         if len(points) >= 10:  # each step's batch holds other questions: the trend is in the running mean
             w = max(3, len(points) // 8)
             values = [v for _, v in points]
-            running = [sum(values[max(0, i - w + 1) : i + 1]) / len(values[max(0, i - w + 1) : i + 1]) for i in range(len(values))]
-            ax.plot([x for x, _ in points], running, color="black", linewidth=1.5, label=f"mean of last {w}")
+            windows = [values[max(0, i - w + 1) : i + 1] for i in range(len(values))]
+            ax.plot([x for x, _ in points], [sum(win) / len(win) for win in windows], color="black", linewidth=1.5,
+                    label=f"mean of last {w}")
             ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_title(key)

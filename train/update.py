@@ -52,8 +52,7 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
         adv_B_T = adv_N[traj_index_B, None] * mask_B_T
     else:
         raise ValueError(f"unknown advantage {cfg.advantage!r}; expected process or one of {sorted(ADVANTAGE_ESTIMATORS)}")
-    if cfg.negative_weight != 1.0:
-        adv_B_T = scale_negatives(adv_B_T, cfg.negative_weight)
+    adv_B_T = scale_negatives(adv_B_T, cfg.negative_weight)
     sums_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, adv_B_T.sum(1))
     counts_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, mask_B_T.sum(1)).clamp(min=1)
     return Advantages(batch, adv_B_T, (sums_N / counts_N).tolist())
