@@ -4,6 +4,7 @@
     outcome.py      EM / cover-EM / F1 against gold aliases, format, length and search budgets
     judge.py        ReSeek: ideal JUDGE labels, JUDGE / correctness / utility step rewards
     steps.py        StepSearch: TF-IDF information gain minus redundancy, per search
+    grounding.py    queries and answers copied exactly from the context, per step
     shaping.py      Preference-As-Reward, trust weight of a process reward, annealing
     ensemble.py     mean / worst-case / uncertainty-weighted ensembles
     diagnostics.py  do two rewards prefer the same trajectories? (Spearman, STARC distance)

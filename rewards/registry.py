@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from agent.types import Example, Trajectory
 from rewards.base import Reward, Score, check_batch, check_scores, from_function, number, set_step
 from rewards.ensemble import Ensemble
+from rewards.grounding import GroundingReward
 from rewards.judge import CorrectnessReward, JudgeReward, UtilityReward
 from rewards.outcome import (
     FormatReward,
@@ -102,6 +103,7 @@ COMPONENTS: dict[str, Component] = {
     "judge": Component(JudgeReward, "ReSeek: +r_match / -r_mismatch per JUDGE vs its ideal label"),
     "correctness": Component(CorrectnessReward, "ReSeek: searches that first retrieve gold support"),
     "utility": Component(UtilityReward, "ReSeek: kept observations that fed a correct answer"),
+    "grounding": Component(GroundingReward, "queries and answers copied exactly from the context"),
     "info_gain": Component(InfoGainReward, "StepSearch: TF-IDF information gain minus redundancy"),
     "par": Component(PreferenceAsReward, "Preference-As-Reward sigmoid around a reference",
                      specs=("reward",), maybe_specs=("reference",)),

@@ -89,7 +89,7 @@ def test_wrappers_take_nested_specs_and_pass_the_training_step_down():
 
 @pytest.mark.parametrize("specs, fragments", [
     ([{"name": "f2"}], ["rewards[0]: unknown reward 'f2'; known: em, f1, cover_em, format, length_penalty, "
-                        "search_penalty, judge, correctness, utility, info_gain, par, trust, ensemble"]),
+                        "search_penalty, judge, correctness, utility, grounding, info_gain, par, trust, ensemble"]),
     ([{"name": "f1"}, {"name": "judge", "r_mach": 0.5}],
      ["rewards[1]: reward 'judge' has no parameter 'r_mach'; its parameters: r_match, r_mismatch, threshold, scorer"]),
     ([{"name": "judge", "r_match": "high"}], ["rewards[0] (judge): judge.r_match must be a number, got 'high'"]),
