@@ -122,7 +122,7 @@ def test_rows_without_advantage_are_left_out_of_the_update(tiny_model_dir):
 
     def updated(rows, skip):
         policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
-        cfg = GRPOConfig(skip_zero_advantage=skip, learning_rate=1e-2, temperature=1.0)
+        cfg = GRPOConfig(skip_zero_advantage=skip, kl_coef=0.0, learning_rate=1e-2, temperature=1.0)
         batch = collate_segments([segs[r] for r in rows], pad_id=0)
         optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -137,3 +137,34 @@ def test_rows_without_advantage_are_left_out_of_the_update(tiny_model_dir):
     assert not torch.allclose(skipped, everything)  # the token mean differs: zero rows dilute it
     untouched, stats = updated([0, 2], skip=True)
     assert stats["rows_trained"] == 0.0 and "loss" not in stats
+
+
+def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
+    """With no advantage at all, the update is the KL term's alone: it shrinks the KL."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    torch.manual_seed(0)
+    policy = load_policy(tiny_model_dir, need_reference=True, dtype="float32")
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.005 * torch.randn_like(p))
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
+                    logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in range(4)]
+    batch = collate_segments(segs, pad_id=0)
+    cfg = GRPOConfig(kl_coef=1.0, skip_zero_advantage=True, temperature=1.0)
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.02)  # small plain gradient steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    advantages = Advantages(batch, torch.zeros(batch.input_ids.shape), [0.0] * len(segs))
+    kls = []
+    for _ in range(5):
+        stats = policy_update(policy, advantages, cfg, optimizer, scheduler, seed=0)
+        kls.append(stats["kl_ref"])
+        assert stats["rows_trained"] == 1.0  # rows are not skipped while a KL term trains them
+        assert stats["reference_s"] > 0
+    assert kls[0] > 0 and all(b < a for a, b in zip(kls, kls[1:])) and kls[-1] < 0.5 * kls[0], kls

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import time
+
 import torch
 
 from agent.types import Example, Trajectory
@@ -86,8 +88,10 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
             if cfg.kl_coef:
+                started = time.perf_counter()
                 with torch.no_grad(), policy.as_reference() as ref:
                     ref_logprobs = token_logprobs(ref, mb, cfg.temperature)
+                logs["reference_s"].append(time.perf_counter() - started)
                 kl = aggregate(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), mask, cfg.aggregation, max_tokens)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
@@ -106,8 +110,9 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             for k, v in m.items():
                 logs[k].append(v)
     model.eval()
-    out = {k: sum(v) / len(v) for k, v in logs.items() if k != "skipped"}
+    out = {k: sum(v) / len(v) for k, v in logs.items() if k not in ("skipped", "reference_s")}
     out["skipped_steps"] = float(sum(logs["skipped"]))
+    out["reference_s"] = float(sum(logs["reference_s"]))  # time of the reference forwards (KL)
     out.setdefault("approx_kl", 0.0)
     out.setdefault("entropy", 0.0)
     return out

@@ -4,9 +4,10 @@
 
 Runs `--steps` steps of the trainer's own functions (rollout, rewards, advantages, update,
 trace records) and splits each step into generation, retrieval, rollout bookkeeping,
-rewards, advantages, the update (logprobs with gradients, backward, optimizer) and trace
-bookkeeping, with the tokens/s of generation and of the update. Old logprobs are the
-sampler's (no recomputation pass) and no reference forward runs unless `--kl_coef` > 0.
+rewards, advantages, the reference logprobs (the KL term's forward pass through the frozen
+reference; none when `--kl_coef 0`), the update (logprobs with gradients, backward,
+optimizer) and trace bookkeeping, with the tokens/s of generation, reference and update.
+Old logprobs are the sampler's, so they cost no pass of their own.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main(argv=None) -> dict:
     scheduler = get_constant_schedule(optimizer)
     rcfg = RolloutConfig(top_k=cfg.top_k or 2, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature)
-    parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages", "update", "trace records")}
+    parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
+                              "reference logprobs", "update", "trace records")}
     sampled = update_tokens = 0
     cursor = {"epoch": 0, "pos": 0}
     for step in range(steps):
@@ -72,13 +74,14 @@ def main(argv=None) -> dict:
         t2 = time.perf_counter()
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
         t3 = time.perf_counter()
-        policy_update(policy, adv, cfg, optimizer, scheduler, seed=step)
+        logged = policy_update(policy, adv, cfg, optimizer, scheduler, seed=step)
         t4 = time.perf_counter()
         [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(trajs, examples)]
         t5 = time.perf_counter()
         parts["rewards"] += t2 - t1
         parts["advantages"] += t3 - t2
-        parts["update"] += t4 - t3
+        parts["reference logprobs"] += logged["reference_s"]
+        parts["update"] += t4 - t3 - logged["reference_s"]
         parts["trace records"] += t5 - t4
         sampled += sum(t.n_sampled_tokens for t in trajs)
         update_tokens += adv.batch.n_tokens
@@ -87,7 +90,8 @@ def main(argv=None) -> dict:
     for col in ("part", "seconds/step", "share", "tokens/s"):
         table.add_column(col, justify="right")
     for name, sec in parts.items():
-        tps = {"generation": sampled / parts["generation"], "update": update_tokens / parts["update"]}.get(name)
+        tps = {"generation": sampled / parts["generation"], "update": update_tokens / parts["update"],
+               "reference logprobs": update_tokens / parts["reference logprobs"] if parts["reference logprobs"] else 0}.get(name)
         table.add_row(name, f"{sec / steps:.2f}", f"{sec / total:.1%}", f"{tps:.0f}" if tps else "")
     table.add_row("step", f"{total / steps:.2f}", "100%", "")
     console.print(table)
