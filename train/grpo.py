@@ -39,7 +39,8 @@ from train.update import advantages_for, group_stats, policy_update
 
 console = Console(stderr=True)
 
-DEFAULT_REWARDS = '[{"name": "em", "weight": 1.0}, {"name": "judge", "weight": 0.2}, {"name": "correctness", "weight": 0.5}]'
+DEFAULT_REWARDS = ('[{"name": "em", "weight": 1.0}, {"name": "judge", "weight": 0.2}, {"name": "correctness", "weight": 0.5}, '
+                   '{"name": "grounding", "weight": 1.0, "r_search": 0.5}]')
 
 
 @dataclass
@@ -53,7 +54,7 @@ class GRPOConfig:
     group_size: int = doc("samples per question (the GRPO group)", 8)
     learning_rate: float = doc("AdamW learning rate (constant after warmup)", 1e-4)
     warmup_steps: int = doc("linear warmup steps", 0)
-    temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.5)
+    temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.3)
     top_k: int | None = doc("passages per search (default: 2 for the tiny policy, as in its warm start; else 3)", None)
     max_turns: int = doc("turns per trajectory", 10)
     max_new_tokens: int = doc("tokens per turn", 64)
@@ -65,7 +66,8 @@ class GRPOConfig:
                                 "searches), not among all its steps", True)
     clip_low: float = doc("lower clip of the ratio: 1 - clip_low", 0.2)
     clip_high: float = doc("upper clip of the ratio: 1 + clip_high (clip-higher when > clip_low)", 0.28)
-    kl_coef: float = doc("weight of the KL term to the reference model (0 = none, no reference held)", 0.0)
+    kl_coef: float = doc("weight of the KL term to the reference model (0 = none, no reference held); it keeps "
+                         "the warm start's search habits while the step rewards act", 0.1)
     kl_estimator: str = doc("k1 | k2 | k3", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
