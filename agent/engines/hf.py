@@ -111,7 +111,10 @@ class HFEngine:
         self.pad_id = _first_id(tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
         self.eos_ids = frozenset(_eos_ids(tokenizer, model))
         # Keep the whole prompt's lm_head off the prefill when the model allows it.
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        forward_params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward_params
+        # transformers >= 5.24 names the KV cache argument `cache` (`past_key_values` warns there)
+        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
         # Each row's KV states carried to the next call, whose prompts extend these rows.
         self._prefix = PrefixStore(model) if prefix_cache else None
         self.prefix_tokens_reused = 0  # prompt tokens served from the prefix store, for benchmarks
@@ -226,8 +229,8 @@ class HFEngine:
                 input_ids=ids_B[:, None],
                 attention_mask=mask_B_S,
                 position_ids=next_pos_B[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_arg: cache},
             )
             logits_B_V = output.logits[:, -1, :]
             next_pos_B = next_pos_B + 1
@@ -281,8 +284,8 @@ class HFEngine:
             input_ids=ids_U_L,
             attention_mask=mask_U_L,
             position_ids=positions_U_L,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_arg: cache},
             **extra,
         )
         logits_U_V = output.logits[:, -1, :]
