@@ -194,8 +194,9 @@ def main(argv=None) -> dict:
                                         advantage=a) for t, ex, s, a in zip(trajs, examples, scores, adv.per_traj)])
         append_jsonl(metrics_path, [record])
         trackers.log(record, step)
+        kl = record.get("kl_ref", record["approx_kl"])  # to the reference when a KL term trains, else to the sampler
         console.print(
-            f"step {step:>4} · reward {record['reward']:.3f} · EM {record['em']:.3f} · KL {record['approx_kl']:.4f} · "
+            f"step {step:>4} · reward {record['reward']:.3f} · EM {record['em']:.3f} · KL {kl:.4f} · "
             f"entropy {record['entropy']:.3f} · searches {record['searches']:.2f} · valid {record['valid']:.3f} · "
             f"{record['tokens_per_s']:.0f} tok/s" + (f" · dev EM {record['dev_em']:.3f}" if "dev_em" in record else ""),
             highlight=False)
