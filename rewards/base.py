@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -35,6 +36,7 @@ from agent.types import Example, Trajectory
 __all__ = [
     "Score",
     "Reward",
+    "StepRuleReward",
     "FunctionReward",
     "from_function",
     "check_batch",
@@ -59,6 +61,21 @@ class Reward(Protocol):
     """Scores a batch: `examples[i]` is the question of `trajectories[i]`."""
 
     def __call__(self, trajectories: list[Trajectory], examples: list[Example]) -> list[Score]: ...
+
+
+class StepRuleReward(ABC):
+    """A reward whose value is the sum of per-step values from one rule (`_per_step`)."""
+
+    @abstractmethod
+    def _per_step(self, traj: Trajectory, example: Example) -> list[float]: ...
+
+    def __call__(self, trajectories: list[Trajectory], examples: list[Example]) -> list[Score]:
+        check_batch(trajectories, examples)
+        scores = []
+        for traj, example in zip(trajectories, examples):
+            per_step = self._per_step(traj, example)
+            scores.append(Score(sum(per_step) + 0.0, per_step))
+        return scores
 
 
 def check_batch(trajectories: Sequence[Trajectory], examples: Sequence[Example]) -> None:

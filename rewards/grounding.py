@@ -22,7 +22,7 @@ sample of a question the same share, so they cancel within a GRPO group.
 from __future__ import annotations
 
 from agent.types import Example, Trajectory
-from rewards.base import Score, check_batch, number
+from rewards.base import StepRuleReward, number
 from rewards.outcome import normalize_answer
 
 __all__ = ["grounding_step_rewards", "GroundingReward"]
@@ -59,17 +59,12 @@ def grounding_step_rewards(traj: Trajectory, example: Example, r_search: float =
     return per_step
 
 
-class GroundingReward:
+class GroundingReward(StepRuleReward):
     """Step rewards for queries and answers copied from the context (module docstring)."""
 
     def __init__(self, r_search: float = 1.0, r_answer: float = 1.0):
         self.r_search = number("grounding.r_search", r_search)
         self.r_answer = number("grounding.r_answer", r_answer)
 
-    def __call__(self, trajectories: list[Trajectory], examples: list[Example]) -> list[Score]:
-        check_batch(trajectories, examples)
-        scores = []
-        for traj, example in zip(trajectories, examples):
-            per_step = grounding_step_rewards(traj, example, self.r_search, self.r_answer)
-            scores.append(Score(sum(per_step) + 0.0, per_step))
-        return scores
+    def _per_step(self, traj: Trajectory, example: Example) -> list[float]:
+        return grounding_step_rewards(traj, example, self.r_search, self.r_answer)

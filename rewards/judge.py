@@ -24,12 +24,11 @@ Every per-step value sits on the step that earned it; `value` is their sum.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from agent.actions import NOT_USEFUL, USEFUL
 from agent.types import Example, Passage, Step, Trajectory
-from rewards.base import Score, check_batch, number
+from rewards.base import Score, StepRuleReward, check_batch, number
 from rewards.outcome import cover_exact_match, exact_match, normalize_answer
 
 __all__ = [
@@ -261,22 +260,7 @@ class JudgeReward:
         return scores
 
 
-class _StepRuleReward(ABC):
-    """A reward whose value is the sum of per-step values from one rule (`_per_step`)."""
-
-    @abstractmethod
-    def _per_step(self, traj: Trajectory, example: Example) -> list[float]: ...
-
-    def __call__(self, trajectories: list[Trajectory], examples: list[Example]) -> list[Score]:
-        check_batch(trajectories, examples)
-        scores = []
-        for traj, example in zip(trajectories, examples):
-            per_step = self._per_step(traj, example)
-            scores.append(Score(sum(per_step) + 0.0, per_step))
-        return scores
-
-
-class CorrectnessReward(_StepRuleReward):
+class CorrectnessReward(StepRuleReward):
     """ReSeek correctness: reward for retrieving gold support passages first."""
 
     def __init__(self, r_correct: float = 1.0):
@@ -286,7 +270,7 @@ class CorrectnessReward(_StepRuleReward):
         return correctness_step_rewards(traj, example, self.r_correct)
 
 
-class UtilityReward(_StepRuleReward):
+class UtilityReward(StepRuleReward):
     """ReSeek utility: reward for kept observations whose information fed a correct answer."""
 
     def __init__(self, r_utility: float = 1.0):
