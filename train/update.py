@@ -3,10 +3,9 @@ the clipped policy update, and the batch statistics the trainer logs."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
-
-import time
 
 import torch
 
@@ -73,6 +72,12 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
         keep_B = (adv.adv_B_T != 0).any(dim=1).nonzero().squeeze(1)
     logs = defaultdict(list)
     logs["rows_trained"].append(len(keep_B) / max(batch.input_ids.shape[0], 1))
+    # The reference is frozen: its logprobs are computed once per batch, not once per pass.
+    started, ref_logprobs_B_L = time.perf_counter(), None
+    if cfg.kl_coef:
+        with torch.no_grad(), policy.as_reference() as ref:
+            ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature)
+    reference_s = time.perf_counter() - started
     model.train()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.updates_per_batch if len(keep_B) else 0):
@@ -88,11 +93,8 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
             if cfg.kl_coef:
-                started = time.perf_counter()
-                with torch.no_grad(), policy.as_reference() as ref:
-                    ref_logprobs = token_logprobs(ref, mb, cfg.temperature)
-                logs["reference_s"].append(time.perf_counter() - started)
-                kl = aggregate(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), mask, cfg.aggregation, max_tokens)
+                kl = aggregate(kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator), mask, cfg.aggregation,
+                               max_tokens)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
             optimizer.zero_grad(set_to_none=True)
@@ -110,9 +112,9 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             for k, v in m.items():
                 logs[k].append(v)
     model.eval()
-    out = {k: sum(v) / len(v) for k, v in logs.items() if k not in ("skipped", "reference_s")}
+    out = {k: sum(v) / len(v) for k, v in logs.items() if k != "skipped"}
     out["skipped_steps"] = float(sum(logs["skipped"]))
-    out["reference_s"] = float(sum(logs["reference_s"]))  # time of the reference forwards (KL)
+    out["reference_s"] = reference_s  # time of the reference forward (KL)
     out.setdefault("approx_kl", 0.0)
     out.setdefault("entropy", 0.0)
     return out
