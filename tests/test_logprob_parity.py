@@ -30,11 +30,14 @@ def test_rollout_logprobs_match_trainer_forward(model_and_engine, temperature):
     assert sum(sum(s.loss_mask) for s in segments) > 50
     assert any(m == 0 for s in segments for m in s.loss_mask)  # injected tokens present
     batch = collate_segments(segments, pad_id=engine.tokenizer.pad_token_id)
-    with torch.no_grad():
-        recomputed = token_logprobs(model, batch, temperature)
     mask = batch.loss_mask.bool()
-    diff = (recomputed[mask] - batch.old_logprobs[mask]).abs().max().item()
-    assert diff < 1e-4, diff
+    for only_loss in (False, True):  # the full head, and the head on the trained tokens only
+        with torch.no_grad():
+            recomputed = token_logprobs(model, batch, temperature, only_loss=only_loss)
+        diff = (recomputed[mask] - batch.old_logprobs[mask]).abs().max().item()
+        assert diff < 1e-4, (only_loss, diff)
+        if only_loss:
+            assert not recomputed[~mask].any()
 
 
 def test_greedy_rollout_is_deterministic_and_seeded_sampling_reproduces(model_and_engine):
@@ -109,3 +112,43 @@ def test_chunks_cut_to_their_longest_row_give_each_row_its_own_logprobs(model_an
     (-token_logprobs(model, batch, 0.7, chunk=3)[batch.loss_mask.bool()].mean()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad()
+
+
+def test_head_on_trained_tokens_only_matches_the_full_head_and_its_gradients(model_and_engine):
+    """`only_loss` runs the output head where loss_mask is set: same logprobs, entropies
+    and gradients there as the full forward, zeros elsewhere."""
+    from agent.types import Segment
+
+    model, engine = model_and_engine
+    segments = [Segment(context_ids=[5 + (i * 7 + k) % 50 for k in range(4)],
+                        response_ids=[7 + (i * 3 + k) % 40 for k in range(n)],
+                        loss_mask=[int((k + i) % 3 != 0) for k in range(n)], logprobs=[0.0] * n)
+                for i, n in enumerate([6, 19, 3, 11, 25])]
+    batch = collate_segments(segments, pad_id=engine.tokenizer.pad_token_id)
+    mask = batch.loss_mask.bool()
+    grads = []
+    for only_loss in (False, True):
+        model.zero_grad()
+        lp, ent = token_logprobs(model, batch, 0.7, chunk=2, with_entropy=True, only_loss=only_loss)
+        (-(lp[mask].mean()) + 0.1 * ent[mask].mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if only_loss:
+            torch.testing.assert_close(lp[mask], full_lp[mask], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ent[mask], full_ent[mask], atol=1e-5, rtol=1e-5)
+            assert not lp[~mask].any() and not ent[~mask].any()
+        full_lp, full_ent = lp.detach(), ent.detach()
+    model.zero_grad()
+    for full_g, sliced_g in zip(*grads):
+        torch.testing.assert_close(sliced_g, full_g, atol=1e-6, rtol=1e-4)
+
+
+def test_head_on_trained_tokens_only_keeps_the_full_forward_for_scaled_logits(model_and_engine):
+    from train.batching import _body_and_head
+
+    model, _ = model_and_engine
+    assert _body_and_head(model) is not None
+    model.config.final_logit_softcapping = 30.0  # Gemma 2 caps its logits after the head
+    try:
+        assert _body_and_head(model) is None
+    finally:
+        model.config.final_logit_softcapping = None

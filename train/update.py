@@ -76,7 +76,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
     started, ref_logprobs_B_L = time.perf_counter(), None
     if cfg.kl_coef:
         with torch.no_grad(), policy.as_reference() as ref:
-            ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature)
+            ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
     model.train()
     gen = torch.Generator().manual_seed(seed)
@@ -86,7 +86,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             idx = perm[start : start + cfg.minibatch_rows]
             mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
             mask, adv_mb = mb.loss_mask, adv.adv_B_T[idx]
-            logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True)
+            logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
             loss, m = policy_loss(logprobs, mb.old_logprobs, adv_mb, mask, cfg.clip_low, cfg.clip_high,
                                   cfg.aggregation, max_tokens=max_tokens)
             entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens)

@@ -8,6 +8,10 @@ rewards, advantages, the reference logprobs (the KL term's forward pass through 
 reference; none when `--kl_coef 0`), the update (logprobs with gradients, backward,
 optimizer) and trace bookkeeping, with the tokens/s of generation, reference and update.
 Old logprobs are the sampler's, so they cost no pass of their own.
+
+Then, on the last step's batch, the forward and backward of `token_logprobs` with the
+output head on the trained tokens only (as the update runs it) against the baseline of the
+full head on every position.
 """
 
 from __future__ import annotations
@@ -96,7 +100,32 @@ def main(argv=None) -> dict:
     table.add_row("step", f"{total / steps:.2f}", "100%", "")
     console.print(table)
     console.print(f"{sampled / steps:.0f} sampled tokens and {update_tokens / steps:.0f} trained-on tokens per step")
-    return {k: v / steps for k, v in parts.items()}
+    head = head_only_on_trained_tokens(policy.model, adv.batch, cfg.temperature)
+    return {**{k: v / steps for k, v in parts.items()}, **head}
+
+
+def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int = 2) -> dict:
+    """Seconds of logprobs + entropy forward and backward over `batch`, full head vs head on
+    the loss tokens only (best of `repeats`), and the share of positions that are loss tokens."""
+    from train.batching import token_logprobs
+
+    def once(only_loss: bool) -> float:
+        started = time.perf_counter()
+        lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=only_loss)
+        mask = batch.loss_mask.bool()
+        (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    model.train()
+    full = min(once(False) for _ in range(repeats))
+    sliced = min(once(True) for _ in range(repeats))
+    model.eval()
+    share = float(batch.loss_mask.sum()) / batch.n_tokens
+    console.print(f"logprobs forward + backward on one batch ({batch.n_tokens} tokens, {share:.1%} of them trained): "
+                  f"full output head (baseline) {full:.2f} s · head on the trained tokens only {sliced:.2f} s · "
+                  f"{full / sliced:.2f}x")
+    return {"full_head_s": full, "head_on_trained_s": sliced}
 
 
 if __name__ == "__main__":
