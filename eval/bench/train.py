@@ -9,9 +9,9 @@ reference; none when `--kl_coef 0`), the update (logprobs with gradients, backwa
 optimizer) and trace bookkeeping, with the tokens/s of generation, reference and update.
 Old logprobs are the sampler's, so they cost no pass of their own.
 
-Then, on the last step's batch, the forward and backward of `token_logprobs` with the
-output head on the trained tokens only (as the update runs it) against the baseline of the
-full head on every position.
+Then, on the last step's batch, the reference forward and the update's forward and
+backward of `token_logprobs` with the output head on the trained tokens only (as the
+trainer runs them) against the baseline of the full head on every position.
 """
 
 from __future__ import annotations
@@ -101,15 +101,22 @@ def main(argv=None) -> dict:
     console.print(table)
     console.print(f"{sampled / steps:.0f} sampled tokens and {update_tokens / steps:.0f} trained-on tokens per step")
     head = head_only_on_trained_tokens(policy.model, adv.batch, cfg.temperature)
-    return {**{k: v / steps for k, v in parts.items()}, **head}
+    return {**{k: v / steps for k, v in parts.items()}, "head": head}
 
 
 def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int = 2) -> dict:
-    """Seconds of logprobs + entropy forward and backward over `batch`, full head vs head on
-    the loss tokens only (best of `repeats`), and the share of positions that are loss tokens."""
+    """Seconds of the logprobs forward without gradients (the reference's) and with entropy,
+    forward and backward (the update's) over `batch`: full head vs head on the loss tokens
+    only (best of `repeats`)."""
     from train.batching import token_logprobs
 
-    def once(only_loss: bool) -> float:
+    def reference(only_loss: bool) -> float:
+        started = time.perf_counter()
+        with torch.no_grad():
+            token_logprobs(model, batch, temperature, only_loss=only_loss)
+        return time.perf_counter() - started
+
+    def update(only_loss: bool) -> float:
         started = time.perf_counter()
         lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=only_loss)
         mask = batch.loss_mask.bool()
@@ -117,15 +124,18 @@ def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int =
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - started
 
-    model.train()
-    full = min(once(False) for _ in range(repeats))
-    sliced = min(once(True) for _ in range(repeats))
-    model.eval()
+    out = {}
     share = float(batch.loss_mask.sum()) / batch.n_tokens
-    console.print(f"logprobs forward + backward on one batch ({batch.n_tokens} tokens, {share:.1%} of them trained): "
-                  f"full output head (baseline) {full:.2f} s · head on the trained tokens only {sliced:.2f} s · "
-                  f"{full / sliced:.2f}x")
-    return {"full_head_s": full, "head_on_trained_s": sliced}
+    console.print(f"logprobs on one batch ({batch.n_tokens} tokens, {share:.1%} of them trained):")
+    for name, fn in (("reference forward", reference), ("update forward + backward", update)):
+        model.train(fn is update)
+        full = min(fn(False) for _ in range(repeats))
+        sliced = min(fn(True) for _ in range(repeats))
+        out[name] = {"full_head_s": full, "head_on_trained_s": sliced}
+        console.print(f"  {name}: full output head (baseline) {full:.2f} s · head on the trained tokens only "
+                      f"{sliced:.2f} s · {full / sliced:.2f}x")
+    model.eval()
+    return out
 
 
 if __name__ == "__main__":
