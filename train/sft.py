@@ -39,7 +39,7 @@ console = Console(stderr=True)
 
 # Version of the embedded policy's recipe (format, tokenizer, data, schedule): a cached
 # tiny policy built by another version is rebuilt rather than reused.
-TINY_RECIPE = 4
+TINY_RECIPE = 5
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SFTConfig:
     demos: str | None = doc("traces.jsonl of demonstrations; default: oracle rollouts of the train split", None)
     output_dir: str | None = doc("where the warm-started model directory is written "
                                  "(default: DATA/tiny/policy-sft for the tiny model, else outputs/sft)", None)
-    max_steps: int = doc("optimizer steps", 460)
+    max_steps: int = doc("optimizer steps", 600)
     batch_size: int = doc("segments per optimizer step", 12)
     learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1.5e-3)
     warmup_ratio: float = doc("share of steps spent warming up linearly", 0.05)
@@ -71,7 +71,7 @@ class SFTConfig:
         "questions of that world rolled out as demonstrations, a seeded sample (0 = all)", 0)
     pretrain_steps: int = doc(
         "model=tiny: steps of next-token pretraining on the second world's passages before SFT (0 = none). "
-        "Names repeat in every passage, so this is where the model learns to copy them", 420)
+        "Names repeat in every passage, so this is where the model learns to copy them", 500)
     pretrain_rows: int = doc("rows of 256 tokens per pretraining step", 16)
     extra_world_seed: int | None = doc("seed of that world (default: the data world's seed + 1000)", None)
     context_lm_weight: float | None = doc(
