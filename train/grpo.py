@@ -80,7 +80,7 @@ class GRPOConfig:
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)
     dtype: str = doc("auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16", "auto")
-    eval_every: int = doc("steps between greedy dev evaluations (0 = only at the start and end)", 20)
+    eval_every: int = doc("steps between greedy dev evaluations (0 = only at the start and end)", 0)
     eval_questions: int = doc("dev questions per evaluation", 200)
     test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500)
     save_every: int = doc("steps between checkpoints", 10)
@@ -110,8 +110,8 @@ def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig) -> dict:
 
     greedy = RolloutConfig(**{**asdict(rcfg), "temperature": 0.0, "seed": None})
     trajs = []
-    for i in range(0, len(examples), 64):
-        trajs += Rollout(engine, retriever, greedy)(examples[i : i + 64])
+    for i in range(0, len(examples), 128):
+        trajs += Rollout(engine, retriever, greedy)(examples[i : i + 128])
     return summarize(trajs, examples)
 
 
@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
     if cfg.model == "tiny":
         from train.prepare import ensure_default
 
-        _, _, model_path = ensure_default(cfg.data, cfg.index)
+        # The build's own dev evaluation is skipped: the run below evaluates dev at step 0.
+        _, _, model_path = ensure_default(cfg.data, cfg.index, eval_questions=0)
     train_set, dev_set = load_qa(cfg.data, "train"), load_qa(cfg.data, "dev")[: cfg.eval_questions]
     test_set = load_qa(cfg.data, "test")[: cfg.test_questions] if cfg.test_questions else []
     by_id = {ex.id: ex for ex in train_set}
@@ -169,6 +170,7 @@ def main(argv=None) -> dict:
     if not resume and dev_set:
         dev = greedy_eval(engine, retriever, dev_set, rcfg)
         append_jsonl(metrics_path, [{"step": 0, "dev_em": dev["em"]}])
+        console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
     # -- the loop: rollout -> score -> advantages -> update -> log ------------------------------
     while step < cfg.max_steps:

@@ -79,7 +79,7 @@ class SFTConfig:
         "model=tiny, which has read no text before (a pretrained model has: 0). The SFT loss itself stays on "
         "loss_mask tokens", None)
     autocast: str = doc("auto (bf16 autocast where the CPU or GPU computes bf16 natively) | bf16 | none", "auto")
-    heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 100)
+    heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
     seed: int = doc("seed of initialisation, shuffling and sampling", 0)
