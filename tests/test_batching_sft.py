@@ -116,7 +116,7 @@ def test_context_loss_covers_the_other_real_tokens_only():
 
 
 def test_autocast_setting():
-    from train.sft import autocast_dtype
+    from train.policy import autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype("none", cpu) is None

@@ -168,3 +168,59 @@ def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
         assert stats["rows_trained"] == 1.0  # rows are not skipped while a KL term trains them
         assert stats["reference_s"] > 0
     assert kls[0] > 0 and all(b < a for a, b in zip(kls, kls[1:])) and kls[-1] < 0.5 * kls[0], kls
+
+
+def test_bf16_autocast_update_follows_the_float32_one(tiny_model_dir):
+    """Under bf16 autocast the update starts at ratio 1 up to rounding and moves the weights
+    the way the float32 update does; without it the first ratio is exactly 1."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments, token_logprobs
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    torch.manual_seed(0)
+    ids = [torch.randint(5, 200, (12,)).tolist() for _ in range(6)]
+    plain = collate_segments([Segment(context_ids=r[:6], response_ids=r[6:], loss_mask=[1] * 6,
+                                     logprobs=[0.0] * 6) for r in ids], pad_id=0)
+    sampler = load_policy(tiny_model_dir, need_reference=False, dtype="float32").model
+    with torch.no_grad():
+        old_B_L = token_logprobs(sampler, plain, 1.0)
+    segs = [Segment(context_ids=r[:6], response_ids=r[6:], loss_mask=[1] * 6, logprobs=old_B_L[i, 6:12].tolist())
+            for i, r in enumerate(ids)]
+    batch = collate_segments(segs, pad_id=0)
+    adv_B_T = torch.tensor([[0.0] * 6 + [s] * 6 for s in (1.0, -1.0, 0.5, -0.5, 1.0, -1.0)])
+
+    def moved(autocast):
+        policy = load_policy(tiny_model_dir, need_reference=True, dtype="float32")
+        before = torch.cat([p.detach().flatten() for p in policy.model.parameters()])
+        cfg = GRPOConfig(autocast=autocast, kl_coef=0.1, learning_rate=1e-3, temperature=1.0)
+        optimizer = torch.optim.SGD(policy.model.parameters(), lr=cfg.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        stats = policy_update(policy, Advantages(batch, adv_B_T, [0.0] * 6), cfg, optimizer, scheduler, seed=0)
+        return torch.cat([p.detach().flatten() for p in policy.model.parameters()]) - before, stats
+
+    exact, stats32 = moved("none")
+    rounded, stats16 = moved("bf16")
+    assert stats32["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats32["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert stats16["ratio_mean"] == pytest.approx(1.0, abs=0.02) and stats16["ratio_mean"] != stats32["ratio_mean"]
+    assert torch.nn.functional.cosine_similarity(exact, rounded, dim=0) > 0.95
+    with pytest.raises(ValueError, match="autocast"):
+        moved("fp8")
+
+
+def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
+    """`eval/bench/train.py` runs the trainer's own functions and reports every part of a step."""
+    from eval.bench.train import main as bench
+
+    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
+                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
+                 "--temperature", "1.0", "--kl_coef", "0.1", "--steps", "1"])
+    parts = ("generation", "retrieval", "reference logprobs", "update", "rewards", "advantages", "trace records")
+    assert all(out[p] >= 0 for p in parts) and out["generation"] > 0 and out["update"] > 0
+    assert out["reference logprobs"] > 0  # the KL term's reference forward
+    assert out["bf16"]["float32_s"] > 0 and out["bf16"]["bf16_s"] > 0
+    assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
+

@@ -80,6 +80,9 @@ class GRPOConfig:
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)
     dtype: str = doc("auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16", "auto")
+    autocast: str = doc("bf16 autocast of the update and reference forwards: auto (where the CPU or GPU computes "
+                        "bf16 natively) | bf16 | none. Rollouts keep the model's dtype; the first pass's ratio is then "
+                        "1 up to bf16 rounding (eval/bench/train.py measures it)", "auto")
     eval_every: int = doc("steps between greedy dev evaluations (0 = only at the start and end)", 0)
     eval_questions: int = doc("dev questions per evaluation", 200)
     test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500)

@@ -34,6 +34,7 @@ from train.batching import collate_segments
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
+from train.policy import autocast_dtype
 
 console = Console(stderr=True)
 
@@ -105,30 +106,6 @@ def sft_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     nll_B_T = torch.nn.functional.cross_entropy(logits_B_T_V.transpose(1, 2), targets_B_T, reduction="none")
     return ((nll_B_T * policy_B_T).sum() / policy_B_T.sum().clamp(min=1),
             (nll_B_T * context_B_T).sum() / context_B_T.sum().clamp(min=1))
-
-
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 when asked, or for `auto` where the hardware computes it natively; else None."""
-    if setting not in ("auto", "bf16", "none"):
-        raise ValueError(f"autocast must be auto, bf16 or none, got {setting!r}")
-    if setting == "none":
-        return None
-    if setting == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
-
-
-def _cpu_has_bf16() -> bool:
-    """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls about twice as fast as fp32
-    (a 4-layer d=256 model trains 1.9x faster on such a CPU); elsewhere bf16 is emulated."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def heldout_loss(model, segments: list[Segment], pad_id: int, max_len: int, autocast: torch.dtype | None = None,

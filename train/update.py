@@ -16,6 +16,7 @@ from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_
                               scale_negatives)
 from train.batching import TokenBatch, collate_segments, token_logprobs
 from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss
+from train.policy import autocast_dtype
 
 
 @dataclass
@@ -73,9 +74,12 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
     logs = defaultdict(list)
     logs["rows_trained"].append(len(keep_B) / max(batch.input_ids.shape[0], 1))
     # The reference is frozen: its logprobs are computed once per batch, not once per pass.
+    device = next(model.parameters()).device
+    amp = autocast_dtype(cfg.autocast, device)
+    autocast = lambda: torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)  # noqa: E731
     started, ref_logprobs_B_L = time.perf_counter(), None
     if cfg.kl_coef:
-        with torch.no_grad(), policy.as_reference() as ref:
+        with torch.no_grad(), policy.as_reference() as ref, autocast():
             ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
     model.train()
@@ -86,7 +90,8 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             idx = perm[start : start + cfg.minibatch_rows]
             mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
             mask, adv_mb = mb.loss_mask, adv.adv_B_T[idx]
-            logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
+            with autocast():
+                logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
             loss, m = policy_loss(logprobs, mb.old_logprobs, adv_mb, mask, cfg.clip_low, cfg.clip_high,
                                   cfg.aggregation, max_tokens=max_tokens)
             entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens)

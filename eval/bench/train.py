@@ -11,7 +11,9 @@ Old logprobs are the sampler's, so they cost no pass of their own.
 
 Then, on the last step's batch, the reference forward and the update's forward and
 backward of `token_logprobs` with the output head on the trained tokens only (as the
-trainer runs them) against the baseline of the full head on every position.
+trainer runs them) against the baseline of the full head on every position; and the
+update's forward and backward under bf16 autocast (`--autocast auto`, the default where
+the hardware computes bf16) against float32, with the logprob gap between the two.
 """
 
 from __future__ import annotations
@@ -95,13 +97,14 @@ def main(argv=None) -> dict:
         table.add_column(col, justify="right")
     for name, sec in parts.items():
         tps = {"generation": sampled / parts["generation"], "update": update_tokens / parts["update"],
-               "reference logprobs": update_tokens / parts["reference logprobs"] if parts["reference logprobs"] else 0}.get(name)
+               "reference logprobs": update_tokens / parts["reference logprobs"] if cfg.kl_coef else 0}.get(name)
         table.add_row(name, f"{sec / steps:.2f}", f"{sec / total:.1%}", f"{tps:.0f}" if tps else "")
     table.add_row("step", f"{total / steps:.2f}", "100%", "")
     console.print(table)
     console.print(f"{sampled / steps:.0f} sampled tokens and {update_tokens / steps:.0f} trained-on tokens per step")
     head = head_only_on_trained_tokens(policy.model, adv.batch, cfg.temperature)
-    return {**{k: v / steps for k, v in parts.items()}, "head": head}
+    amp = bf16_against_float32(policy.model, adv.batch, cfg.temperature)
+    return {**{k: v / steps for k, v in parts.items()}, "head": head, "bf16": amp}
 
 
 def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int = 2) -> dict:
@@ -136,6 +139,36 @@ def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int =
                       f"{sliced:.2f} s · {full / sliced:.2f}x")
     model.eval()
     return out
+
+
+def bf16_against_float32(model, batch, temperature: float, repeats: int = 2) -> dict:
+    """The update's forward and backward of `token_logprobs` under bf16 autocast against
+    the float32 baseline (best of `repeats`), and how far the bf16 logprobs of the trained
+    tokens stray from the float32 ones of the same weights: the log-ratio that rounding
+    alone puts into the first pass."""
+    from train.batching import token_logprobs
+
+    device_type = batch.input_ids.device.type
+
+    def update(enabled: bool):
+        started = time.perf_counter()
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+            lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=True)
+        mask = batch.loss_mask.bool()
+        (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - started, lp.detach()[mask]
+
+    model.train()
+    full, lp32 = min((update(False) for _ in range(repeats)), key=lambda r: r[0])
+    half, lp16 = min((update(True) for _ in range(repeats)), key=lambda r: r[0])
+    model.eval()
+    gap = (lp16 - lp32).abs()
+    console.print(f"update forward + backward: float32 (baseline) {full:.2f} s · bf16 autocast {half:.2f} s · "
+                  f"{full / half:.2f}x; |bf16 - float32| logprob of a trained token: mean {gap.mean():.1e}, "
+                  f"99th percentile {gap.quantile(0.99):.1e}, max {gap.max():.1e}")
+    return {"float32_s": full, "bf16_s": half, "logprob_gap_mean": float(gap.mean()),
+            "logprob_gap_p99": float(gap.quantile(0.99)), "logprob_gap_max": float(gap.max())}
 
 
 if __name__ == "__main__":
