@@ -57,6 +57,11 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
 
 
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` to `dtype` on `device`, or a context that changes nothing for None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def _cpu_has_bf16() -> bool:
     """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls about twice as fast as fp32
     (a 4-layer d=256 model trains 1.9x faster on such a CPU); elsewhere bf16 is emulated."""

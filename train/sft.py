@@ -34,7 +34,7 @@ from train.batching import collate_segments
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.policy import autocast_dtype
+from train.policy import autocast_dtype, autocast_to
 
 console = Console(stderr=True)
 
@@ -115,7 +115,7 @@ def heldout_loss(model, segments: list[Segment], pad_id: int, max_len: int, auto
     device = next(model.parameters()).device
     was_training, total, weight = model.training, 0.0, 0.0
     model.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+    with torch.no_grad(), autocast_to(device, autocast):
         for i in range(0, len(segments), batch_size):
             batch = collate_segments(segments[i : i + batch_size], pad_id, max_len).to(device)
             n = float(batch.loss_mask[:, 1:].sum())
@@ -169,7 +169,7 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout
             if not batches:
                 batches = length_batches(segments, cfg.batch_size, rng)
             batch = collate_segments(batches.pop(), tokenizer.pad_token_id, cfg.max_len).to(device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast_to(device, amp):
                 loss, context_loss = sft_losses(model, batch)
             total = loss + context_weight * context_loss if context_weight else loss
             optimizer_step(total, model, optimizer, scheduler, cfg.max_grad_norm)
@@ -240,7 +240,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
         task = progress.add_task("pretraining on text", total=cfg.pretrain_steps)
         for step in range(1, cfg.pretrain_steps + 1):
             x_B_L = rows_N_L[torch.randint(0, len(rows_N_L), (cfg.pretrain_rows,), generator=gen)].to(device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast_to(device, amp):
                 logits_B_L_V = model(input_ids=x_B_L, use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(logits_B_L_V[:, :-1].float().flatten(0, 1), x_B_L[:, 1:].flatten())
             optimizer_step(loss, model, optimizer, scheduler, cfg.max_grad_norm)

@@ -16,7 +16,7 @@ from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_
                               scale_negatives)
 from train.batching import TokenBatch, collate_segments, token_logprobs
 from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss
-from train.policy import autocast_dtype
+from train.policy import autocast_dtype, autocast_to
 
 
 @dataclass
@@ -76,10 +76,9 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
     # The reference is frozen: its logprobs are computed once per batch, not once per pass.
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg.autocast, device)
-    autocast = lambda: torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)  # noqa: E731
     started, ref_logprobs_B_L = time.perf_counter(), None
     if cfg.kl_coef:
-        with torch.no_grad(), policy.as_reference() as ref, autocast():
+        with torch.no_grad(), policy.as_reference() as ref, autocast_to(device, amp):
             ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
     model.train()
@@ -90,7 +89,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
             idx = perm[start : start + cfg.minibatch_rows]
             mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
             mask, adv_mb = mb.loss_mask, adv.adv_B_T[idx]
-            with autocast():
+            with autocast_to(device, amp):
                 logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
             loss, m = policy_loss(logprobs, mb.old_logprobs, adv_mb, mask, cfg.clip_low, cfg.clip_high,
                                   cfg.aggregation, max_tokens=max_tokens)
