@@ -224,3 +224,39 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
     assert out["bf16"]["float32_s"] > 0 and out["bf16"]["bf16_s"] > 0
     assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
 
+
+
+def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):
+    """A group whose samples all scored alike gets no advantage (its step rewards included)
+    and, without KL or entropy terms, its rows are not trained on."""
+    import torch
+
+    from agent.types import Segment, Step, Trajectory
+    from rewards.base import Score
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import advantages_for, policy_update, settled_groups
+
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert settled_groups([1.0, 1.0, 0.0, 1.0, 0.5, 0.5], ids).tolist() == [True, True, False, False, True, True]
+
+    def traj(group, sample, ok):
+        seg = Segment(context_ids=[5, 6], response_ids=[7, 8, 9, 10], loss_mask=[1, 1, 1, 1], logprobs=[-1.0] * 4)
+        steps = [Step(kind="search", text="q", span=(0, 2)), Step(kind="answer", text="a" if ok else "b", span=(2, 4))]
+        return Trajectory(example_id="e", group_id=group, sample=sample, segments=[seg], steps=steps,
+                          answer="a" if ok else "b")
+
+    trajs = [traj("g0", 0, True), traj("g0", 1, True), traj("g1", 0, True), traj("g1", 1, False)]
+    # the settled group's searches differ, so its step rewards alone would give it an advantage
+    scores = [Score(1.5, [0.5, 1.0]), Score(1.5, [0.0, 1.5]), Score(1.0, [0.0, 1.0]), Score(0.0, [0.0, 0.0])]
+    cfg = GRPOConfig(skip_settled_groups=True, kl_coef=0.0)
+    kept = advantages_for(trajs, scores, cfg, pad_id=0)
+    full = advantages_for(trajs, scores, GRPOConfig(), pad_id=0)
+    assert full.adv_B_T[:2].abs().sum() > 0
+    assert kept.adv_B_T[:2].abs().sum() == 0
+    torch.testing.assert_close(kept.adv_B_T[2:], full.adv_B_T[2:])
+    policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    stats = policy_update(policy, kept, cfg, optimizer, scheduler, seed=0)
+    assert stats["rows_trained"] == 0.5

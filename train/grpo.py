@@ -73,6 +73,11 @@ class GRPOConfig:
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
     updates_per_batch: int = doc("passes over each batch (PPO epochs)", 1)
     minibatch_rows: int = doc("segments per optimizer step within a pass", 128)
+    skip_settled_groups: bool = doc(
+        "give no advantage to a group whose samples all scored the same total reward (DAPO's dynamic sampling; "
+        "its step rewards are dropped too) and, without KL or entropy terms, leave its rows out of the update: "
+        "~40% of the tiny default's groups, a step ~20% cheaper. Off: on the tiny default those groups' step "
+        "rewards are what keeps it searching (README)", False)
     skip_zero_advantage: bool = doc(
         "leave rows whose advantages are all 0 out of the update (no KL/entropy term only), as DAPO's dynamic "
         "sampling: cheaper, but the token mean is then over fewer rows, so each step is larger", False)

@@ -3,6 +3,7 @@ the clipped policy update, and the batch statistics the trainer logs."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -55,9 +56,21 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
     else:
         raise ValueError(f"unknown advantage {cfg.advantage!r}; expected process or one of {sorted(ADVANTAGE_ESTIMATORS)}")
     adv_B_T = scale_negatives(adv_B_T, cfg.negative_weight)
+    if cfg.skip_settled_groups:
+        settled_N = settled_groups([s.value for s in scores], group_ids_N)
+        adv_B_T = adv_B_T * (~settled_N[traj_index_B]).float()[:, None]
     sums_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, adv_B_T.sum(1))
     counts_N = torch.zeros(len(trajs)).index_add_(0, traj_index_B, mask_B_T.sum(1)).clamp(min=1)
     return Advantages(batch, adv_B_T, (sums_N / counts_N).tolist())
+
+
+def settled_groups(rewards: list[float], group_ids_N: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the trajectory's group scored one reward on every sample."""
+    rewards_N = torch.tensor(rewards, dtype=torch.float32)
+    n_groups = int(group_ids_N.max()) + 1 if len(group_ids_N) else 0
+    hi_G = torch.full((n_groups,), -math.inf).scatter_reduce(0, group_ids_N, rewards_N, "amax")
+    lo_G = torch.full((n_groups,), math.inf).scatter_reduce(0, group_ids_N, rewards_N, "amin")
+    return (hi_G == lo_G)[group_ids_N]
 
 
 def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int) -> dict:
@@ -69,7 +82,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
     # terms they are left out (as DAPO's dynamic sampling), and the token mean is then
     # taken over the tokens that carry signal.
     keep_B = torch.arange(batch.input_ids.shape[0])
-    if cfg.skip_zero_advantage and not cfg.kl_coef and not cfg.entropy_coef:
+    if (cfg.skip_zero_advantage or cfg.skip_settled_groups) and not cfg.kl_coef and not cfg.entropy_coef:
         keep_B = (adv.adv_B_T != 0).any(dim=1).nonzero().squeeze(1)
     logs = defaultdict(list)
     logs["rows_trained"].append(len(keep_B) / max(batch.input_ids.shape[0], 1))
