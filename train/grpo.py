@@ -8,7 +8,8 @@ trained model (so weight sync is free), one batch of questions per step rolled o
 GRPO group of samples each, scored by the reward spec, turned into token-level advantages
 (`train.advantages`) and used for `updates_per_batch` passes of the clipped loss
 (`train.loss`). Old logprobs are the sampler's: the engine reports them at the sampling
-temperature, exactly as `token_logprobs` recomputes them, so the first pass starts at ratio 1.
+temperature, exactly as `token_logprobs` recomputes them, so the first pass starts at ratio 1
+(up to rounding where the update runs under bf16 autocast, `--autocast`).
 
 With no model given it builds the embedded default (world, dense index, tiny policy
 warm-started by SFT; cached) and trains that. A run resumes from the newest complete
@@ -49,7 +50,7 @@ class GRPOConfig:
     data: str = doc("generated world directory (train/dev/test.jsonl, corpus.jsonl) or a QA directory", "data/world-0")
     index: str = doc("retrieval index directory (retrieval.build) or server URL", "indexes/world-0")
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl and plots", "outputs/grpo")
-    max_steps: int = doc("optimizer steps (batches of questions)", 60)
+    max_steps: int = doc("optimizer steps (batches of questions)", 40)
     questions_per_step: int = doc("questions rolled out per step", 16)
     group_size: int = doc("samples per question (the GRPO group)", 8)
     learning_rate: float = doc("AdamW learning rate (constant after warmup)", 1e-4)
