@@ -68,7 +68,8 @@ class GRPOConfig:
     clip_low: float = doc("lower clip of the ratio: 1 - clip_low", 0.2)
     clip_high: float = doc("upper clip of the ratio: 1 + clip_high (clip-higher when > clip_low)", 0.28)
     kl_coef: float = doc("weight of the KL term to the reference model (0 = none, no reference held). On the "
-                         "tiny default it held searches at the warm start's level but slowed the EM gain", 0.0)
+                         "tiny default 0.1 held searches at the warm start's level for the same EM gain, and a "
+                         "step without it costs 26% less (README)", 0.0)
     kl_estimator: str = doc("k1 | k2 | k3", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
