@@ -147,12 +147,11 @@ def bf16_against_float32(model, batch, temperature: float, repeats: int = 2) -> 
     tokens stray from the float32 ones of the same weights: the log-ratio that rounding
     alone puts into the first pass."""
     from train.batching import token_logprobs
-
-    device_type = batch.input_ids.device.type
+    from train.policy import autocast_to
 
     def update(enabled: bool):
         started = time.perf_counter()
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+        with autocast_to(batch.input_ids.device, torch.bfloat16 if enabled else None):
             lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=True)
         mask = batch.loss_mask.bool()
         (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
