@@ -225,7 +225,6 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
     assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
 
 
-
 def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):
     """A group whose samples all scored alike gets no advantage (its step rewards included)
     and, without KL or entropy terms, its rows are not trained on."""

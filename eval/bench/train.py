@@ -107,6 +107,21 @@ def main(argv=None) -> dict:
     return {**{k: v / steps for k, v in parts.items()}, "head": head, "bf16": amp}
 
 
+def update_pass(model, batch, temperature: float, only_loss: bool, amp: torch.dtype | None = None):
+    """(seconds, logprobs of the trained tokens) of one forward and backward of
+    `token_logprobs` with entropy, as the update runs it, optionally under `amp` autocast."""
+    from train.batching import token_logprobs
+    from train.policy import autocast_to
+
+    started = time.perf_counter()
+    with autocast_to(batch.input_ids.device, amp):
+        lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=only_loss)
+    mask = batch.loss_mask.bool()
+    (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - started, lp.detach()[mask]
+
+
 def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int = 2) -> dict:
     """Seconds of the logprobs forward without gradients (the reference's) and with entropy,
     forward and backward (the update's) over `batch`: full head vs head on the loss tokens
@@ -120,12 +135,7 @@ def head_only_on_trained_tokens(model, batch, temperature: float, repeats: int =
         return time.perf_counter() - started
 
     def update(only_loss: bool) -> float:
-        started = time.perf_counter()
-        lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=only_loss)
-        mask = batch.loss_mask.bool()
-        (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
-        model.zero_grad(set_to_none=True)
-        return time.perf_counter() - started
+        return update_pass(model, batch, temperature, only_loss)[0]
 
     out = {}
     share = float(batch.loss_mask.sum()) / batch.n_tokens
@@ -146,21 +156,10 @@ def bf16_against_float32(model, batch, temperature: float, repeats: int = 2) -> 
     the float32 baseline (best of `repeats`), and how far the bf16 logprobs of the trained
     tokens stray from the float32 ones of the same weights: the log-ratio that rounding
     alone puts into the first pass."""
-    from train.batching import token_logprobs
-    from train.policy import autocast_to
-
-    def update(enabled: bool):
-        started = time.perf_counter()
-        with autocast_to(batch.input_ids.device, torch.bfloat16 if enabled else None):
-            lp, ent = token_logprobs(model, batch, temperature, with_entropy=True, only_loss=True)
-        mask = batch.loss_mask.bool()
-        (-(lp[mask].mean()) - 0.01 * ent[mask].mean()).backward()
-        model.zero_grad(set_to_none=True)
-        return time.perf_counter() - started, lp.detach()[mask]
-
     model.train()
-    full, lp32 = min((update(False) for _ in range(repeats)), key=lambda r: r[0])
-    half, lp16 = min((update(True) for _ in range(repeats)), key=lambda r: r[0])
+    full, lp32 = min((update_pass(model, batch, temperature, True) for _ in range(repeats)), key=lambda r: r[0])
+    half, lp16 = min((update_pass(model, batch, temperature, True, torch.bfloat16) for _ in range(repeats)),
+                     key=lambda r: r[0])
     model.eval()
     gap = (lp16 - lp32).abs()
     console.print(f"update forward + backward: float32 (baseline) {full:.2f} s · bf16 autocast {half:.2f} s · "
