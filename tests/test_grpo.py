@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from agent.traces import read_traces
 from fakes import world_with_index
@@ -27,26 +28,62 @@ def metrics(out):
 
 def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
     out = setup / "run"
-    summary = main(args(setup, tiny_model_dir, out, 2))
-    assert {"test_before", "test_after"} <= set(summary)
+    # a random model earns no reward; the entropy bonus makes its weights move nonetheless
+    summary = main(args(setup, tiny_model_dir, out, 2) + ["--lr_schedule", "linear", "--entropy_coef", "0.01"])
+    assert {"test_before", "test_after", "test_last_weights"} <= set(summary)
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
+    # the schedule moves once per step of questions, however many minibatches a step takes
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4])
     assert {"reward", "em", "approx_kl", "entropy", "searches", "valid", "pass_at_group", "zero_variance_groups"} <= set(rows[0])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     traces = read_traces(out / "traces.jsonl")
     assert [t["step"] for t in traces] == [1] * 6 + [2] * 6
     assert all("advantage" in t and "reward" in t for t in traces)
     assert (out / "curves.png").exists()
+    # the final model is the average of the weights after steps 1 and 2 (both in the last 20)
+    final, w1, w2 = (weights(out / d) for d in ("final", "checkpoint-1", "checkpoint-2"))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    for k in final:
+        torch.testing.assert_close(final[k], (w1[k] + w2[k]) / 2)
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_only_the_last_steps_are_averaged(setup, tiny_model_dir):
+    out = setup / "avg-last"
+    main(args(setup, tiny_model_dir, out, 3) + ["--average_last", "2", "--keep_last", "5", "--entropy_coef", "0.01"])
+    final, w1, w2, w3 = (weights(out / d) for d in ("final", "checkpoint-1", "checkpoint-2", "checkpoint-3"))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    for k in final:
+        torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
+    no_avg = setup / "avg-none"
+    summary = main(args(setup, tiny_model_dir, no_avg, 1) + ["--average_last", "0"])
+    assert "test_last_weights" not in summary
+    last, final = weights(no_avg / "checkpoint-1"), weights(no_avg / "final")
+    assert all(torch.equal(last[k], final[k]) for k in last)
+
+
+def test_lr_schedule_is_checked_by_name(setup, tiny_model_dir):
+    with pytest.raises(ValueError, match="lr_schedule.*'cosin'"):
+        main(args(setup, tiny_model_dir, setup / "bad-lr", 1) + ["--lr_schedule", "cosin"])
 
 
 def test_resume_matches_an_uninterrupted_run(setup, tiny_model_dir):
+    def run(out, steps):  # the entropy bonus moves a random model's weights, so the average has work to do
+        return main(args(setup, tiny_model_dir, out, steps) + ["--entropy_coef", "0.01"])
+
     straight = setup / "straight"
-    main(args(setup, tiny_model_dir, straight, 3))
+    run(straight, 3)
     resumed = setup / "resumed"
-    main(args(setup, tiny_model_dir, resumed, 2))
+    run(resumed, 2)
     # A step that was logged but not checkpointed is redone on resume, not duplicated.
     (resumed / "checkpoint-2").rename(resumed / "killed-before-checkpoint")
-    main(args(setup, tiny_model_dir, resumed, 3))
+    run(resumed, 3)
     a, b = metrics(straight), metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
@@ -54,6 +91,10 @@ def test_resume_matches_an_uninterrupted_run(setup, tiny_model_dir):
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
     steps = [t["step"] for t in read_traces(resumed / "traces.jsonl")]
     assert steps == [1] * 6 + [2] * 6 + [3] * 6
+    # the weight average is restored with the checkpoint, so the final models agree
+    a, b = weights(straight / "final"), weights(resumed / "final")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
 def test_data_cursor_walks_epochs_without_repeats():
@@ -125,8 +166,7 @@ def test_rows_without_advantage_are_left_out_of_the_update(tiny_model_dir):
         cfg = GRPOConfig(skip_zero_advantage=skip, kl_coef=0.0, learning_rate=1e-2, temperature=1.0)
         batch = collate_segments([segs[r] for r in rows], pad_id=0)
         optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        stats = policy_update(policy, Advantages(batch, adv_rows[rows], [0.0] * len(rows)), cfg, optimizer, scheduler, seed=0)
+        stats = policy_update(policy, Advantages(batch, adv_rows[rows], [0.0] * len(rows)), cfg, optimizer, seed=0)
         return torch.cat([p.detach().flatten() for p in policy.model.parameters()]), stats
 
     skipped, stats = updated([0, 1, 2, 3], skip=True)
@@ -159,11 +199,10 @@ def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
     batch = collate_segments(segs, pad_id=0)
     cfg = GRPOConfig(kl_coef=1.0, skip_zero_advantage=True, temperature=1.0)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.02)  # small plain gradient steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     advantages = Advantages(batch, torch.zeros(batch.input_ids.shape), [0.0] * len(segs))
     kls = []
     for _ in range(5):
-        stats = policy_update(policy, advantages, cfg, optimizer, scheduler, seed=0)
+        stats = policy_update(policy, advantages, cfg, optimizer, seed=0)
         kls.append(stats["kl_ref"])
         assert stats["rows_trained"] == 1.0  # rows are not skipped while a KL term trains them
         assert stats["reference_s"] > 0
@@ -198,8 +237,7 @@ def test_bf16_autocast_update_follows_the_float32_one(tiny_model_dir):
         before = torch.cat([p.detach().flatten() for p in policy.model.parameters()])
         cfg = GRPOConfig(autocast=autocast, kl_coef=0.1, learning_rate=1e-3, temperature=1.0)
         optimizer = torch.optim.SGD(policy.model.parameters(), lr=cfg.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        stats = policy_update(policy, Advantages(batch, adv_B_T, [0.0] * 6), cfg, optimizer, scheduler, seed=0)
+        stats = policy_update(policy, Advantages(batch, adv_B_T, [0.0] * 6), cfg, optimizer, seed=0)
         return torch.cat([p.detach().flatten() for p in policy.model.parameters()]) - before, stats
 
     exact, stats32 = moved("none")
@@ -256,6 +294,5 @@ def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):
     torch.testing.assert_close(kept.adv_B_T[2:], full.adv_B_T[2:])
     policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    stats = policy_update(policy, kept, cfg, optimizer, scheduler, seed=0)
+    stats = policy_update(policy, kept, cfg, optimizer, seed=0)
     assert stats["rows_trained"] == 0.5

@@ -32,8 +32,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
-                    cursor: dict, config, keep_last: int | None = 3) -> Path:
-    """Write checkpoint-{step} atomically and prune all but the newest `keep_last`."""
+                    cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None) -> Path:
+    """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `extra` is
+    further trainer state (such as a weight average) handed back by `load_trainer_state`."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
@@ -47,6 +48,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_state(),
         "cursor": cursor,
+        "extra": extra or {},
     }, tmp / STATE_FILE)
     cfg = asdict(config) if is_dataclass(config) else dict(config)
     (tmp / "config.json.train").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
@@ -73,10 +75,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_trainer_state(path: str | Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG from a checkpoint; returns {step, cursor}."""
+    """Restore optimizer, scheduler and RNG from a checkpoint; returns {step, cursor, extra}."""
     state = torch.load(Path(path) / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return {"step": state["step"], "cursor": state["cursor"]}
+    return {"step": state["step"], "cursor": state["cursor"], "extra": state.get("extra", {})}

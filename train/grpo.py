@@ -19,10 +19,12 @@ dropped first, so each step appears once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from rich.console import Console
 from agent.engines.hf import HFEngine
 from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
+from train.averaging import WeightAverage
 from train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from train.config import doc, parse_config
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
@@ -53,8 +56,11 @@ class GRPOConfig:
     max_steps: int = doc("optimizer steps (batches of questions)", 40)
     questions_per_step: int = doc("questions rolled out per step", 16)
     group_size: int = doc("samples per question (the GRPO group)", 8)
-    learning_rate: float = doc("AdamW learning rate (constant after warmup)", 1e-4)
+    learning_rate: float = doc("AdamW learning rate (peak, after warmup)", 1e-4)
+    lr_schedule: str = doc("constant | linear | cosine: the learning rate from the end of warmup to max_steps", "constant")
     warmup_steps: int = doc("linear warmup steps", 0)
+    average_last: int = doc("the final model (output_dir/final) is the uniform average of the weights after each of the "
+                            "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 20)
     temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.3)
     top_k: int | None = doc("passages per search (default: 2 for the tiny policy, as in its warm start; else 3)", None)
     max_turns: int = doc("turns per trajectory", 10)
@@ -98,6 +104,27 @@ class GRPOConfig:
     report_to: str = doc("none | tensorboard | wandb | trackio (comma-separated)", "none")
     resume: bool = doc("resume from the newest complete checkpoint in output_dir", True)
     seed: int = doc("seed of data order, rollouts and initialisation", 0)
+
+
+def lr_scheduler(optimizer, cfg):
+    """Warmup then `cfg.lr_schedule` to max_steps, stepped once per step of questions."""
+    from transformers import get_scheduler
+
+    names = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+    if cfg.lr_schedule not in names:
+        raise ValueError(f"lr_schedule must be one of {sorted(names)}, got {cfg.lr_schedule!r}")
+    return get_scheduler(names[cfg.lr_schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=cfg.max_steps)
+
+
+def save_model(path: Path, policy) -> None:
+    """The run's model and tokenizer as a HF directory, written under a temporary name first."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[list, dict]:
@@ -156,9 +183,8 @@ def main(argv=None) -> dict:
     engine = HFEngine(policy.model, policy.tokenizer)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
-    from transformers import get_constant_schedule_with_warmup
-
-    scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    scheduler = lr_scheduler(optimizer, cfg)
+    average = WeightAverage(trainable)
     if cfg.top_k is None:
         cfg.top_k = 2 if cfg.model == "tiny" else 3
     rcfg = RolloutConfig(top_k=cfg.top_k, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
@@ -170,6 +196,8 @@ def main(argv=None) -> dict:
     if resume:
         state = load_trainer_state(resume, optimizer, scheduler)
         step, cursor = state["step"], state["cursor"]
+        if "average" in state["extra"]:
+            average.load_state_dict(state["extra"]["average"])
         dropped = truncate_after(metrics_path, step) + truncate_after(out / "traces.jsonl", step)
         console.print(f"resumed from {resume} (step {step}; {dropped} lines after it dropped)")
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -193,12 +221,16 @@ def main(argv=None) -> dict:
         scores = reward(trajs, examples)
         t2 = time.perf_counter()
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
-        update = policy_update(policy, adv, cfg, optimizer, scheduler, seed=cfg.seed * 7919 + step)
+        lr = scheduler.get_last_lr()[0]
+        update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
+        scheduler.step()  # once per step of questions, however many minibatches it took
         t3 = time.perf_counter()
         step += 1
+        if step > cfg.max_steps - cfg.average_last:
+            average.update()
 
         record = {"step": step, "reward": sum(s.value for s in scores) / len(scores), **group_stats(trajs, examples, scores),
-                  **update, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
+                  **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
                   "tokens_per_s": sum(t.n_sampled_tokens for t in trajs) / (t1 - t0)}
         if cfg.eval_every and step % cfg.eval_every == 0 and dev_set:
             record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg)["em"]
@@ -214,16 +246,25 @@ def main(argv=None) -> dict:
             highlight=False)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             save_checkpoint(out, step, policy.model, policy.tokenizer, optimizer, scheduler, cursor=cursor,
-                            config=cfg, keep_last=cfg.keep_last)
+                            config=cfg, keep_last=cfg.keep_last, extra={"average": average.state_dict()})
 
-    # -- the end: held-out test EM against the warm start, curves ------------------------------
-    if test_set and "test_after" not in summary:
-        summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg)
+    # -- the end: the final model and its held-out test EM against the warm start, curves ------
+    averaged = average.count > 0
+    with average.swapped_in() if averaged else contextlib.nullcontext():
+        save_model(out / "final", policy)
+        if test_set and "test_after" not in summary:
+            summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg)
+    if averaged and test_set and "test_last_weights" not in summary:
+        summary["test_last_weights"] = greedy_eval(engine, retriever, test_set, rcfg)
+    if test_set:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
         before, after = summary["test_before"]["em"], summary["test_after"]["em"]
+        how = f", weights averaged over the last {average.count} steps" if averaged else ""
+        last = f" (last weights: {summary['test_last_weights']['em']:.3f})" if "test_last_weights" in summary else ""
         console.print(f"held-out test EM: {before:.3f} (warm start) -> {after:.3f} after {cfg.max_steps} steps "
-                      f"({after - before:+.3f})")
+                      f"({after - before:+.3f}{how}){last}")
+    console.print(f"final model: {out / 'final'}")
     plot_curves(metrics_path, out / "curves.png")
     return summary
 

@@ -73,7 +73,7 @@ def settled_groups(rewards: list[float], group_ids_N: torch.Tensor) -> torch.Ten
     return (hi_G == lo_G)[group_ids_N]
 
 
-def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int) -> dict:
+def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     """`updates_per_batch` passes of minibatch steps on the clipped loss (+ KL, - entropy)."""
     model, batch = policy.model, adv.batch
     max_tokens = int(batch.attention_mask.sum(1).max())
@@ -123,7 +123,6 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, scheduler, seed: int)
                 continue
             logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
             optimizer.step()
-            scheduler.step()
             logs["loss"].append(loss.item())
             logs["entropy"].append(entropy_mean.item())
             for k, v in m.items():

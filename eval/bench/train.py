@@ -58,9 +58,6 @@ def main(argv=None) -> dict:
     by_id = {ex.id: ex for ex in train_set}
     reward = build_reward(json.loads(cfg.rewards))
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    from transformers import get_constant_schedule
-
-    scheduler = get_constant_schedule(optimizer)
     rcfg = RolloutConfig(top_k=cfg.top_k or 2, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature)
     parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
@@ -80,7 +77,7 @@ def main(argv=None) -> dict:
         t2 = time.perf_counter()
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
         t3 = time.perf_counter()
-        logged = policy_update(policy, adv, cfg, optimizer, scheduler, seed=step)
+        logged = policy_update(policy, adv, cfg, optimizer, seed=step)
         t4 = time.perf_counter()
         [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(trajs, examples)]
         t5 = time.perf_counter()
