@@ -21,10 +21,10 @@ With the FlashRAG files (`nq/test.jsonl`, `hotpotqa/dev.jsonl`, ...) and its
     python -m retrieval.build --corpus ~/flashrag/retrieval-corpus/wiki-18.jsonl \\
         --out indexes/wiki18-e5 --method dense --model intfloat/e5-base-v2
     for set in nq/test triviaqa/test popqa/test hotpotqa/dev 2wikimultihopqa/dev musique/dev bamboogle/test; do
-        python -m eval.run --preset hot --policy outputs/grpo/checkpoint-1000 \\
+        python -m eval.run --preset hot --policy outputs/grpo/final \\
             --data ~/flashrag/$set.jsonl --index indexes/wiki18-e5 --out runs/hot/${set%/*}
     done
-    python -m eval.run --preset hot --policy outputs/grpo/checkpoint-1000 \\
+    python -m eval.run --preset hot --policy outputs/grpo/final \\
         --data ~/fictionalhot/test.jsonl --index indexes/fictionalhot-e5 --out runs/hot/fictionalhot
     python -m eval.compare runs/hot/* --out runs/hot/compare.md
 
