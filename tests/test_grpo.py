@@ -31,6 +31,7 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
     # a random model earns no reward; the entropy bonus makes its weights move nonetheless
     summary = main(args(setup, tiny_model_dir, out, 2) + ["--lr_schedule", "linear", "--entropy_coef", "0.01"])
     assert {"test_before", "test_after"} <= set(summary)
+    assert summary["final_model"] == {"path": str(out / "final"), "averaged_steps": 2}
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     # the schedule moves once per step of questions, however many minibatches a step takes
@@ -41,7 +42,7 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
     assert [t["step"] for t in traces] == [1] * 6 + [2] * 6
     assert all("advantage" in t and "reward" in t for t in traces)
     assert (out / "curves.png").exists()
-    # the final model is the average of the weights after steps 1 and 2 (both in the last 30)
+    # the final model is the average of the weights after steps 1 and 2 (both in the last 20)
     final, w1, w2 = (weights(out / d) for d in ("final", "checkpoint-1", "checkpoint-2"))
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
     for k in final:
@@ -62,7 +63,7 @@ def test_only_the_last_steps_are_averaged(setup, tiny_model_dir):
     for k in final:
         torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
     no_avg = setup / "avg-none"
-    main(args(setup, tiny_model_dir, no_avg, 1) + ["--average_last", "0"])
+    assert main(args(setup, tiny_model_dir, no_avg, 1) + ["--average_last", "0"])["final_model"]["averaged_steps"] == 0
     last, final = weights(no_avg / "checkpoint-1"), weights(no_avg / "final")
     assert all(torch.equal(last[k], final[k]) for k in last)
 

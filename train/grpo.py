@@ -14,7 +14,9 @@ temperature, exactly as `token_logprobs` recomputes them, so the first pass star
 With no model given it builds the embedded default (world, dense index, tiny policy
 warm-started by SFT; cached) and trains that. A run resumes from the newest complete
 checkpoint in `output_dir`; lines written after it in metrics.jsonl / traces.jsonl are
-dropped first, so each step appears once.
+dropped first, so each step appears once. The run's model is `output_dir/final`: the
+average of the weights over the last `average_last` steps (`train.averaging`), which is
+also what the final test evaluation scores.
 """
 
 from __future__ import annotations
@@ -53,14 +55,14 @@ class GRPOConfig:
     data: str = doc("generated world directory (train/dev/test.jsonl, corpus.jsonl) or a QA directory", "data/world-0")
     index: str = doc("retrieval index directory (retrieval.build) or server URL", "indexes/world-0")
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl and plots", "outputs/grpo")
-    max_steps: int = doc("optimizer steps (batches of questions)", 50)
+    max_steps: int = doc("optimizer steps (batches of questions)", 40)
     questions_per_step: int = doc("questions rolled out per step", 16)
     group_size: int = doc("samples per question (the GRPO group)", 8)
     learning_rate: float = doc("AdamW learning rate (peak, after warmup)", 1e-4)
     lr_schedule: str = doc("constant | linear | cosine: the learning rate from the end of warmup to max_steps", "constant")
     warmup_steps: int = doc("linear warmup steps", 0)
     average_last: int = doc("the final model (output_dir/final) is the uniform average of the weights after each of the "
-                            "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 30)
+                            "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 20)
     temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.3)
     top_k: int | None = doc("passages per search (default: 2 for the tiny policy, as in its warm start; else 3)", None)
     max_turns: int = doc("turns per trajectory", 10)
@@ -254,8 +256,8 @@ def main(argv=None) -> dict:
         save_model(out / "final", policy)
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg)
-    if test_set:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
         before, after = summary["test_before"]["em"], summary["test_after"]["em"]
         how = f", weights averaged over the last {average.count} steps" if averaged else ""
