@@ -22,7 +22,7 @@ class WeightAverage:
     """Running uniform mean of `params` over the calls to `update`."""
 
     def __init__(self, params):
-        self.params = [p for p in params]
+        self.params = list(params)
         self.mean: list[torch.Tensor] | None = None
         self.count = 0
 
