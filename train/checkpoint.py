@@ -7,6 +7,7 @@ mid-write leaves no half checkpoint; `latest_checkpoint` only ever sees complete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -31,29 +32,37 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """A fresh temporary sibling of `final` to fill; it replaces `final` only when the block
+    ends without an error, so a reader never sees a half-written directory."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
                     cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None) -> Path:
     """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `extra` is
     further trainer state (such as a weight average) handed back by `load_trainer_state`."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_state(),
-        "cursor": cursor,
-        "extra": extra or {},
-    }, tmp / STATE_FILE)
-    cfg = asdict(config) if is_dataclass(config) else dict(config)
-    (tmp / "config.json.train").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
+            "cursor": cursor,
+            "extra": extra or {},
+        }, tmp / STATE_FILE)
+        cfg = asdict(config) if is_dataclass(config) else dict(config)
+        (tmp / "config.json.train").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
     if keep_last:
         for old in checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from agent.engines.hf import HFEngine
 from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
 from train.averaging import WeightAverage
-from train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from train.checkpoint import atomic_dir, latest_checkpoint, load_trainer_state, save_checkpoint
 from train.config import doc, parse_config
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
 from train.update import advantages_for, group_stats, policy_update
@@ -121,12 +120,9 @@ def lr_scheduler(optimizer, cfg):
 
 def save_model(path: Path, policy) -> None:
     """The run's model and tokenizer as a HF directory, written under a temporary name first."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.model.save_pretrained(tmp)
-    policy.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    with atomic_dir(path) as tmp:
+        policy.model.save_pretrained(tmp)
+        policy.tokenizer.save_pretrained(tmp)
 
 
 def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[list, dict]:
