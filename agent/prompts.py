@@ -25,9 +25,10 @@ PROMPT_STYLES = ("auto", "chat", "compact")
 
 
 def has_protocol_tokens(tokenizer) -> bool:
-    """True when every protocol tag encodes to a single token."""
-    vocab = tokenizer.get_vocab()
-    return all(tag in vocab for tag in PROTOCOL_TAGS)
+    """True when every protocol tag is a token of the vocabulary (looked up one by one:
+    building the whole vocabulary dict costs milliseconds, once per prompt)."""
+    ids = tokenizer.convert_tokens_to_ids(list(PROTOCOL_TAGS))
+    return all(i is not None and i != tokenizer.unk_token_id for i in ids)
 
 
 def resolve_style(tokenizer, style: str = "auto") -> str:

@@ -197,3 +197,23 @@ def test_search_budget(tiny_tokenizer):
     assert [s.kind for s in traj.steps] == ["search", "invalid", "answer"]
     assert traj.steps[1].error == "search budget of 1 used up: answer now"
     assert len(engine.calls) == 3 and traj.finish == "answered"
+
+
+@pytest.mark.parametrize("unk", [None, "[UNK]"])
+def test_auto_prompt_style_is_compact_only_with_every_protocol_tag_in_the_vocabulary(tiny_tokenizer, unk):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from agent.actions import PROTOCOL_TAGS
+    from agent.prompts import resolve_style
+
+    assert resolve_style(tiny_tokenizer) == "compact"
+    # A general-purpose vocabulary: every tag but the last, which is then unknown (no
+    # token at all, or the unknown token).
+    words = ["[PAD]", *PROTOCOL_TAGS[:-1], "Where", "was", "born", *([unk] if unk else [])]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token=unk)
+    assert resolve_style(fast) == "chat"
+    fast.add_tokens([PROTOCOL_TAGS[-1]], special_tokens=True)
+    assert resolve_style(fast) == "compact"
