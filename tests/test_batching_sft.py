@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agent.types import Segment
-from train.batching import collate_segments, token_logprobs
+from train.batching import collate_segments, merge_duplicate_rows, token_logprobs
 from train.sft import length_batches, masked_lm_loss
 
 SEGS = [
@@ -53,6 +53,24 @@ class UniformLM(torch.nn.Module):
         out = Out()
         out.logits = logits
         return out
+
+
+def test_merge_duplicate_rows_keeps_one_of_each_identical_row_with_its_count():
+    def seg(response, logprobs=(-1.0, -2.0), mask=(1, 1)):
+        return Segment(context_ids=[5, 6], response_ids=list(response), loss_mask=list(mask), logprobs=list(logprobs))
+
+    segs = [seg([7, 8]), seg([7, 8]), seg([7, 8], logprobs=(-1.0, -2.5)), seg([7, 8], mask=(1, 0)), seg([7], (-1.0,), (1,)),
+            seg([7, 8]), seg([7, 9]), seg([7, 8])]
+    adv_B_T = torch.zeros(8, 4)
+    adv_B_T[:, 2:] = 1.0
+    adv_B_T[7, 2:] = -1.0  # same tokens, other advantage: a row of its own
+    batch = collate_segments(segs, pad_id=0)
+    merged, adv, counts = merge_duplicate_rows(batch, adv_B_T)
+    assert counts.tolist() == [3, 1, 1, 1, 1, 1]
+    torch.testing.assert_close(merged.input_ids, batch.input_ids[[0, 2, 3, 4, 6, 7]])
+    torch.testing.assert_close(merged.old_logprobs, batch.old_logprobs[[0, 2, 3, 4, 6, 7]])
+    torch.testing.assert_close(adv, adv_B_T[[0, 2, 3, 4, 6, 7]])
+    assert merged.attention_mask[3].tolist() == [1, 1, 1, 0]  # row 4: row 0 cut short, a row of its own
 
 
 def test_masked_loss_and_logprobs_against_hand_values():

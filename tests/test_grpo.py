@@ -179,6 +179,42 @@ def test_rows_without_advantage_are_left_out_of_the_update(tiny_model_dir):
     assert stats["rows_trained"] == 0.0 and "loss" not in stats
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "dr_grpo"])
+def test_identical_rows_trained_once_give_the_update_of_the_whole_batch(tiny_model_dir, aggregation):
+    """A trajectory sampled three times and trained once with count 3 moves the weights as
+    the three copies do (KL and entropy terms included), and the logged metrics agree."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
+                    logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in (0, 1, 0, 2, 0)]
+    adv_B_T = torch.tensor([[0, 0, 0, a, a, 0, a] for a in (1.0, -0.5, 1.0, 0.3, 1.0)])
+    batch = collate_segments(segs, pad_id=0)
+
+    def updated(merge):
+        policy = load_policy(tiny_model_dir, need_reference=True, dtype="float32")
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        cfg = GRPOConfig(merge_duplicate_rows=merge, aggregation=aggregation, kl_coef=0.1, entropy_coef=0.01,
+                         autocast="none", learning_rate=1e-2, temperature=1.0)
+        optimizer = torch.optim.SGD(policy.model.parameters(), lr=cfg.learning_rate)
+        stats = policy_update(policy, Advantages(batch, adv_B_T, [0.0] * 5), cfg, optimizer, seed=0)
+        return torch.cat([p.detach().flatten() for p in policy.model.parameters()]), stats
+
+    merged, stats = updated(True)
+    whole, stats_whole = updated(False)
+    assert stats["rows_distinct"] == 3 / 5 and stats_whole["rows_distinct"] == 1.0
+    torch.testing.assert_close(merged, whole)
+    for key in ("loss", "entropy", "kl_ref", "approx_kl", "ratio_mean", "grad_norm"):
+        assert stats[key] == pytest.approx(stats_whole[key], rel=1e-4, abs=1e-7), key
+
+
 def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
     """With no advantage at all, the update is the KL term's alone: it shrinks the KL."""
     import torch
@@ -261,6 +297,7 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
     assert out["reference logprobs"] > 0  # the KL term's reference forward
     assert out["bf16"]["float32_s"] > 0 and out["bf16"]["bf16_s"] > 0
     assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
+    assert out["merge"]["whole_s"] > 0 and out["merge"]["merged_s"] > 0 and 0 < out["merge"]["rows_distinct"] <= 1
 
 
 def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):

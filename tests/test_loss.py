@@ -86,6 +86,37 @@ def test_three_aggregations_by_hand():
         aggregate(loss, mask, "mean")
 
 
+def test_row_counts_weigh_as_repeated_rows():
+    # The first row stands for 3 identical rows and the second for 1: by hand,
+    # token_mean (3 * (1 + 2 + 3) + 4) / (3 * 3 + 1) = 2.2; seq_mean (3 * 2 + 4) / 4 = 2.5;
+    # dr_grpo 22 / (4 rows * 5) = 1.1. The same values as the batch with the row repeated.
+    loss = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    counts = torch.tensor([3.0, 1.0])
+    repeated = [0, 0, 0, 1]
+    for mode, by_hand in (("token_mean", 2.2), ("seq_mean_token_mean", 2.5), ("dr_grpo", 1.1)):
+        merged = aggregate(loss, mask, mode, max_tokens=5, counts_B=counts)
+        assert merged.item() == pytest.approx(by_hand)
+        assert aggregate(loss[repeated], mask[repeated], mode, max_tokens=5).item() == pytest.approx(by_hand)
+    with pytest.raises(ValueError, match="counts_B"):
+        aggregate(loss, mask, counts_B=torch.ones(3))
+
+
+def test_policy_loss_and_its_metrics_with_row_counts_match_the_repeated_batch():
+    lp = (OLD + torch.log(torch.tensor([RATIOS, [1.0, 1.4, 0.6, 1.0, 1.0]]))).requires_grad_(True)
+    old, adv, mask = OLD.expand(2, 5), torch.cat([ADV, -ADV]), torch.cat([MASK, MASK])
+    merged, m_merged = policy_loss(lp, old, adv, mask, 0.2, 0.28, counts_B=torch.tensor([1.0, 2.0]))
+    merged.backward()
+    grad = lp.grad.clone()
+    lp.grad = None
+    rows = [0, 1, 1]
+    full, m_full = policy_loss(lp[rows], old[rows], adv[rows], mask[rows], 0.2, 0.28)
+    full.backward()
+    assert merged.item() == pytest.approx(full.item())
+    assert m_merged == pytest.approx(m_full)
+    torch.testing.assert_close(grad, lp.grad)
+
+
 def test_kl_estimators_by_hand():
     # pi = .5, ref = .25 on the token: d = ln .25 - ln .5 = -ln 2.
     # k1 = ln 2 = .693147; k2 = (ln 2)^2 / 2 = .240227; k3 = e^d - d - 1 = .5 + ln 2 - 1 = .193147.

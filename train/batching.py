@@ -125,3 +125,28 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
     if with_entropy:
         return logprobs_B_L, torch.cat(entropies, dim=0)[unsort_B]
     return logprobs_B_L
+
+
+def merge_duplicate_rows(batch: TokenBatch, adv_B_T: torch.Tensor) -> tuple[TokenBatch, torch.Tensor, torch.Tensor]:
+    """(batch, adv_B_T, counts_B) with each set of identical rows kept once, in first-seen order.
+
+    Rows are identical when their tokens, loss mask, sampler logprobs and advantages all
+    are: a group of a peaked policy often samples the same trajectory several times (43%
+    of the tiny default's rows), and such rows add the same terms to the loss. Trained
+    once with `counts_B` as their weight (`train.loss.aggregate`), they give the loss and
+    gradient of the full batch for the forward and backward passes of the distinct rows.
+    """
+    first: dict[tuple, int] = {}
+    keep, counts = [], []
+    for b in range(batch.input_ids.shape[0]):
+        n = int(batch.attention_mask[b].sum())
+        key = (n, *(t[b, :n].numpy().tobytes() for t in (batch.input_ids, batch.loss_mask, batch.old_logprobs, adv_B_T)))
+        if key in first:
+            counts[first[key]] += 1
+        else:
+            first[key] = len(keep)
+            keep.append(b)
+            counts.append(1)
+    idx = torch.tensor(keep, dtype=torch.long)
+    merged = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
+    return merged, adv_B_T[idx], torch.tensor(counts, dtype=torch.float32)

@@ -38,7 +38,7 @@ _MAX_LOG_RATIO = 20.0
 
 
 def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token_mean",
-              max_tokens: int | None = None) -> torch.Tensor:
+              max_tokens: int | None = None, counts_B: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a per-token loss to a scalar over the positions where `mask_B_T` is 1.
 
     - token_mean: sum / number of tokens. Every token weighs the same (DAPO's choice), so
@@ -50,29 +50,35 @@ def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token
       short nor long responses; `max_tokens` is the response budget per row, required.
     Masked positions are selected out, not multiplied by 0, so a NaN or inf on padding
     cannot leak into the sum.
+
+    `counts_B` says how many identical rows each row stands for (`train.batching.merge_duplicate_rows`):
+    the result is the one the batch with every row repeated that many times would give.
     """
     if loss_B_T.shape != mask_B_T.shape or loss_B_T.dim() != 2:
         raise ValueError(f"expected loss and mask of one (B, T) shape, got {tuple(loss_B_T.shape)} and {tuple(mask_B_T.shape)}")
+    if counts_B is not None and counts_B.shape != loss_B_T.shape[:1]:
+        raise ValueError(f"counts_B has shape {tuple(counts_B.shape)}, expected ({loss_B_T.shape[0]},)")
+    count_B = torch.ones(loss_B_T.shape[0], device=loss_B_T.device) if counts_B is None else counts_B.float()
     keep_B_T = mask_B_T > 0
     kept_B_T = torch.where(keep_B_T, loss_B_T, torch.zeros_like(loss_B_T))
     if mode == "token_mean":
-        return kept_B_T.sum() / keep_B_T.sum().clamp(min=1)
+        return (kept_B_T.sum(dim=1) * count_B).sum() / (keep_B_T.sum(dim=1) * count_B).sum().clamp(min=1)
     if mode == "seq_mean_token_mean":
         tokens_B = keep_B_T.sum(dim=1)
         row_mean_B = kept_B_T.sum(dim=1) / tokens_B.clamp(min=1)
-        return row_mean_B.sum() / (tokens_B > 0).sum().clamp(min=1)
+        return (row_mean_B * count_B).sum() / ((tokens_B > 0) * count_B).sum().clamp(min=1)
     if mode == "dr_grpo":
         if max_tokens is None or max_tokens <= 0:
             raise ValueError("aggregation 'dr_grpo' needs max_tokens > 0 (the response token budget): a constant, "
                              f"so the loss scale does not follow batch lengths; got {max_tokens!r}")
-        return kept_B_T.sum() / (loss_B_T.shape[0] * max_tokens)
+        return (kept_B_T.sum(dim=1) * count_B).sum() / (count_B.sum() * max_tokens)
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {mode!r}")
 
 
 def policy_loss(
     logprobs_B_T: torch.Tensor, old_logprobs_B_T: torch.Tensor, advantages_B_T: torch.Tensor,
     mask_B_T: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2, aggregation: str = "token_mean",
-    max_tokens: int | None = None, is_weights_B_T: torch.Tensor | None = None,
+    max_tokens: int | None = None, is_weights_B_T: torch.Tensor | None = None, counts_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate, -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) per token.
 
@@ -84,7 +90,8 @@ def policy_loss(
 
     Metrics (python floats, over sampled tokens): clip_frac_high / clip_frac_low, the shares
     of tokens with zero gradient from each bound; approx_kl, KL(old || new) by Schulman's
-    k3 estimator (r - 1 - log r, never negative); ratio_mean, ratio_max.
+    k3 estimator (r - 1 - log r, never negative); ratio_mean, ratio_max. `counts_B` weighs
+    rows that stand for several identical ones, in the loss and the metrics (see `aggregate`).
     """
     for name, x in (("old_logprobs_B_T", old_logprobs_B_T), ("advantages_B_T", advantages_B_T), ("mask_B_T", mask_B_T)):
         if x.shape != logprobs_B_T.shape:
@@ -103,18 +110,19 @@ def policy_loss(
         if is_weights_B_T.shape != loss_B_T.shape:
             raise ValueError(f"is_weights_B_T has shape {tuple(is_weights_B_T.shape)}, logprobs_B_T {tuple(loss_B_T.shape)}")
         loss_B_T = loss_B_T * is_weights_B_T.detach()
-    loss = aggregate(loss_B_T, mask_B_T, aggregation, max_tokens)
+    loss = aggregate(loss_B_T, mask_B_T, aggregation, max_tokens, counts_B)
 
     with torch.no_grad():
-        n = keep_B_T.sum().clamp(min=1)
-        high_B_T = (ratio_B_T > 1 + clip_high) & (adv_B_T > 0) & keep_B_T
-        low_B_T = (ratio_B_T < 1 - clip_low) & (adv_B_T < 0) & keep_B_T
+        weight_B_T = keep_B_T.float() * (1.0 if counts_B is None else counts_B.float()[:, None])
+        n = weight_B_T.sum().clamp(min=1)
+        high_B_T = (ratio_B_T > 1 + clip_high) & (adv_B_T > 0)
+        low_B_T = (ratio_B_T < 1 - clip_low) & (adv_B_T < 0)
         k3_B_T = ratio_B_T - 1 - log_ratio_B_T
         metrics = {
-            "clip_frac_high": float(high_B_T.sum() / n),
-            "clip_frac_low": float(low_B_T.sum() / n),
-            "approx_kl": float(torch.where(keep_B_T, k3_B_T, 0.0).sum() / n),
-            "ratio_mean": float(torch.where(keep_B_T, ratio_B_T, 0.0).sum() / n),
+            "clip_frac_high": float((high_B_T * weight_B_T).sum() / n),
+            "clip_frac_low": float((low_B_T * weight_B_T).sum() / n),
+            "approx_kl": float(torch.where(keep_B_T, k3_B_T * weight_B_T, 0.0).sum() / n),
+            "ratio_mean": float(torch.where(keep_B_T, ratio_B_T * weight_B_T, 0.0).sum() / n),
             "ratio_max": float(torch.where(keep_B_T, ratio_B_T, 0.0).max()) if keep_B_T.any() else 1.0,
         }
     return loss, metrics

@@ -15,7 +15,7 @@ from rewards.base import Score
 from rewards.outcome import exact_match
 from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_advantages, response_values_to_rows,
                               scale_negatives)
-from train.batching import TokenBatch, collate_segments, token_logprobs
+from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, token_logprobs
 from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss
 from train.policy import autocast_dtype, autocast_to
 
@@ -81,13 +81,21 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     # to the policy gradient but cost a forward and backward pass; without KL or entropy
     # terms they are left out (as DAPO's dynamic sampling), and the token mean is then
     # taken over the tokens that carry signal.
-    keep_B = torch.arange(batch.input_ids.shape[0])
+    n_rows = batch.input_ids.shape[0]
+    keep_B = torch.arange(n_rows)
     if (cfg.skip_zero_advantage or cfg.skip_settled_groups) and not cfg.kl_coef and not cfg.entropy_coef:
         keep_B = (adv.adv_B_T != 0).any(dim=1).nonzero().squeeze(1)
+    batch = TokenBatch(batch.input_ids[keep_B], batch.attention_mask[keep_B], batch.loss_mask[keep_B],
+                       batch.old_logprobs[keep_B])
+    adv_B_T, counts_B = adv.adv_B_T[keep_B], torch.ones(len(keep_B))
+    if cfg.merge_duplicate_rows and len(keep_B):
+        batch, adv_B_T, counts_B = merge_duplicate_rows(batch, adv_B_T)
     logs = defaultdict(list)
-    logs["rows_trained"].append(len(keep_B) / max(batch.input_ids.shape[0], 1))
-    # The reference is frozen: its logprobs are computed once per batch, not once per pass.
+    logs["rows_trained"].append(len(keep_B) / max(n_rows, 1))
+    logs["rows_distinct"].append(len(counts_B) / max(len(keep_B), 1))
     device = next(model.parameters()).device
+    batch, adv_B_T, counts_B = batch.to(device), adv_B_T.to(device), counts_B.to(device)
+    # The reference is frozen: its logprobs are computed once per batch, not once per pass.
     amp = autocast_dtype(cfg.autocast, device)
     started, ref_logprobs_B_L = time.perf_counter(), None
     if cfg.kl_coef:
@@ -96,22 +104,22 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     reference_s = time.perf_counter() - started
     model.train()
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(cfg.updates_per_batch if len(keep_B) else 0):
-        perm = keep_B[torch.randperm(len(keep_B), generator=gen)]
+    for _ in range(cfg.updates_per_batch if len(counts_B) else 0):
+        perm = torch.randperm(len(counts_B), generator=gen).to(device)
         for start in range(0, len(perm), cfg.minibatch_rows):
             idx = perm[start : start + cfg.minibatch_rows]
             mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
-            mask, adv_mb = mb.loss_mask, adv.adv_B_T[idx]
+            mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, amp):
                 logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
             loss, m = policy_loss(logprobs, mb.old_logprobs, adv_mb, mask, cfg.clip_low, cfg.clip_high,
-                                  cfg.aggregation, max_tokens=max_tokens)
-            entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens)
+                                  cfg.aggregation, max_tokens=max_tokens, counts_B=counts)
+            entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens, counts)
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
             if cfg.kl_coef:
                 kl = aggregate(kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator), mask, cfg.aggregation,
-                               max_tokens)
+                               max_tokens, counts)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
             optimizer.zero_grad(set_to_none=True)
