@@ -54,14 +54,14 @@ class GRPOConfig:
     data: str = doc("generated world directory (train/dev/test.jsonl, corpus.jsonl) or a QA directory", "data/world-0")
     index: str = doc("retrieval index directory (retrieval.build) or server URL", "indexes/world-0")
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl and plots", "outputs/grpo")
-    max_steps: int = doc("optimizer steps (batches of questions)", 40)
+    max_steps: int = doc("optimizer steps (batches of questions)", 50)
     questions_per_step: int = doc("questions rolled out per step", 16)
     group_size: int = doc("samples per question (the GRPO group)", 8)
     learning_rate: float = doc("AdamW learning rate (peak, after warmup)", 1e-4)
     lr_schedule: str = doc("constant | linear | cosine: the learning rate from the end of warmup to max_steps", "constant")
     warmup_steps: int = doc("linear warmup steps", 0)
     average_last: int = doc("the final model (output_dir/final) is the uniform average of the weights after each of the "
-                            "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 20)
+                            "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 30)
     temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.3)
     top_k: int | None = doc("passages per search (default: 2 for the tiny policy, as in its warm start; else 3)", None)
     max_turns: int = doc("turns per trajectory", 10)
@@ -75,8 +75,9 @@ class GRPOConfig:
     clip_low: float = doc("lower clip of the ratio: 1 - clip_low", 0.2)
     clip_high: float = doc("upper clip of the ratio: 1 + clip_high (clip-higher when > clip_low)", 0.28)
     kl_coef: float = doc("weight of the KL term to the reference model (0 = none, no reference held). On the "
-                         "tiny default 0.1 held searches at the warm start's level for the same EM gain, and a "
-                         "step without it costs 26% less (README)", 0.0)
+                         "tiny default 0.1 keeps the policy searching as often as its warm start (without it, 1.47-1.64 "
+                         "searches a question instead of 1.75) and raised the test EM gain from +3.7 to +4.7 points "
+                         "(3 seeds); its reference forward adds ~1 s to a 5.3 s step (README)", 0.1)
     kl_estimator: str = doc("k1 | k2 | k3", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
