@@ -168,3 +168,22 @@ def test_context_term_trains_on_injected_text_and_is_logged(tiny_model_dir):
         assert history[-1]["heldout_loss"] == pytest.approx(heldout_loss(model, [seg], tok.pad_token_id, 1024), rel=1e-5)
     # Only the weighted run learns the injected text.
     assert results[1.0] < results[0.0] - 1.0, results
+
+
+def test_save_atomic_replaces_the_model_directory_whole(tiny_model_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.sft import save_atomic
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = tmp_path / "policy-sft"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older build")
+    save_atomic(model, tok, out, {"recipe": 5})
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "training.json").read_text()) == {"recipe": 5}
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(reloaded.state_dict(), model.state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == ["policy-sft"]  # no temporary left behind

@@ -8,7 +8,6 @@ Each step is skipped when its output already exists.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -21,15 +20,14 @@ DEFAULT_INDEX = Path("indexes/world-0")
 
 def ensure_world(data_dir: str | Path = DEFAULT_DATA, seed: int = 0, entities: int = 2000) -> Path:
     from eval.world import WorldConfig, generate_world, write_world
+    from train.checkpoint import atomic_dir
 
     data_dir = Path(data_dir)
     if (data_dir / "test.jsonl").exists():
         return data_dir
     console.print(f"generating a world of {entities} entities (seed {seed}) in {data_dir}")
-    tmp = data_dir.with_name(data_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_world(generate_world(WorldConfig(seed=seed, entities=entities)), tmp)
-    tmp.rename(data_dir)
+    with atomic_dir(data_dir) as tmp:
+        write_world(generate_world(WorldConfig(seed=seed, entities=entities)), tmp)
     return data_dir
 
 

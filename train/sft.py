@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,15 +202,14 @@ def save_atomic(model, tokenizer, out_dir: Path, extra: dict | None = None) -> P
     """Write the model directory under a temporary name, then rename it into place."""
     import json
 
+    from train.checkpoint import atomic_dir
+
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if extra:
-        (tmp / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if extra:
+            (tmp / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
     return out_dir
 
 

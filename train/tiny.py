@@ -152,8 +152,9 @@ def tokenizer_for_world(world_dir: str | Path, vocab_size: int = 2048, cache_dir
     cache = Path(cache_dir) if cache_dir else Path(world_dir) / "tiny" / f"tokenizer-v{TOKENIZER_VERSION}-{vocab_size}"
     if (cache / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(cache)
+    from train.checkpoint import atomic_dir
+
     tokenizer = train_tokenizer(world_texts(world_dir), vocab_size)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(cache) if not cache.exists() else None
+    with atomic_dir(cache) as tmp:
+        tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(cache)
