@@ -85,8 +85,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     keep_B = torch.arange(n_rows)
     if (cfg.skip_zero_advantage or cfg.skip_settled_groups) and not cfg.kl_coef and not cfg.entropy_coef:
         keep_B = (adv.adv_B_T != 0).any(dim=1).nonzero().squeeze(1)
-    batch = TokenBatch(batch.input_ids[keep_B], batch.attention_mask[keep_B], batch.loss_mask[keep_B],
-                       batch.old_logprobs[keep_B])
+    batch = batch.rows(keep_B)
     adv_B_T, counts_B = adv.adv_B_T[keep_B], torch.ones(len(keep_B))
     if cfg.merge_duplicate_rows and len(keep_B):
         batch, adv_B_T, counts_B = merge_duplicate_rows(batch, adv_B_T)
@@ -108,7 +107,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
         perm = torch.randperm(len(counts_B), generator=gen).to(device)
         for start in range(0, len(perm), cfg.minibatch_rows):
             idx = perm[start : start + cfg.minibatch_rows]
-            mb = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.loss_mask[idx], batch.old_logprobs[idx])
+            mb = batch.rows(idx)
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, amp):
                 logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
