@@ -28,6 +28,9 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
 
     args = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(cls)
+    for action in parser._actions:  # argparse %-formats help text: "40% of" would break --help
+        if action.help:
+            action.help = action.help.replace("%", "%%")
     if "--config" in args:
         at = args.index("--config")
         if at + 1 >= len(args):
