@@ -175,7 +175,7 @@ def test_save_atomic_replaces_the_model_directory_whole(tiny_model_dir, tmp_path
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from train.sft import save_atomic
+    from train.checkpoint import save_atomic
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
     out = tmp_path / "policy-sft"

@@ -44,6 +44,18 @@ def atomic_dir(final: Path):
     tmp.rename(final)
 
 
+def save_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """A model directory (HF weights and tokenizer, plus `extra` as training.json) written
+    under a temporary name, then renamed into place."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if extra:
+            (tmp / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
+    return out_dir
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
                     cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None) -> Path:
     """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `extra` is

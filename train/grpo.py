@@ -37,7 +37,7 @@ from agent.engines.hf import HFEngine
 from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
 from train.averaging import WeightAverage
-from train.checkpoint import atomic_dir, latest_checkpoint, load_trainer_state, save_checkpoint
+from train.checkpoint import latest_checkpoint, load_trainer_state, save_atomic, save_checkpoint
 from train.config import doc, parse_config
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
 from train.update import advantages_for, group_stats, policy_update
@@ -123,13 +123,6 @@ def lr_scheduler(optimizer, cfg):
         raise ValueError(f"lr_schedule must be one of {sorted(names)}, got {cfg.lr_schedule!r}")
     return get_scheduler(names[cfg.lr_schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
                          num_training_steps=cfg.max_steps)
-
-
-def save_model(path: Path, policy) -> None:
-    """The run's model and tokenizer as a HF directory, written under a temporary name first."""
-    with atomic_dir(path) as tmp:
-        policy.model.save_pretrained(tmp)
-        policy.tokenizer.save_pretrained(tmp)
 
 
 def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[list, dict]:
@@ -256,7 +249,7 @@ def main(argv=None) -> dict:
     # -- the end: the final model and its held-out test EM against the warm start, curves ------
     averaged = average.count > 0
     with average.swapped_in() if averaged else contextlib.nullcontext():
-        save_model(out / "final", policy)
+        save_atomic(policy.model, policy.tokenizer, out / "final")
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg)
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count}

@@ -30,6 +30,7 @@ from rich.console import Console
 from agent.rollout import Rollout, RolloutConfig
 from agent.types import Segment
 from train.batching import collate_segments
+from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
@@ -196,21 +197,6 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout
             progress.advance(task)
     model.eval()
     return history
-
-
-def save_atomic(model, tokenizer, out_dir: Path, extra: dict | None = None) -> Path:
-    """Write the model directory under a temporary name, then rename it into place."""
-    import json
-
-    from train.checkpoint import atomic_dir
-
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if extra:
-            (tmp / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
-    return out_dir
 
 
 def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 256) -> list[dict]:
