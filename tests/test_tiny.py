@@ -27,6 +27,17 @@ def test_tags_are_single_tokens_and_text_round_trips(world):
     assert again(text)["input_ids"] == tok(text)["input_ids"]
 
 
+def test_numbers_split_into_pairs_of_digits_each_one_token(world):
+    tok = tokenizer_for_world(world, vocab_size=1024)
+    text = "<answer> 1652 </answer> born in 1652, 7 or 19034."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[1:4] == ["Ġ", "16", "52"]
+    assert tok.convert_ids_to_tokens(ids)[-6:] == ["Ġ", "7", "Ġor", "Ġ", "19", "03", "4", "."][-6:]
+    assert tok.decode(ids) == text and "".join(tok.decode([i]) for i in ids) == text
+    # Every pair is in the vocabulary, so a year the training text never held still copies as two tokens.
+    assert all(len(tok(f"{i:02d}", add_special_tokens=False)["input_ids"]) == 1 for i in range(100))
+
+
 def test_held_out_names_are_spelled_with_pieces_seen_in_training(world):
     tok = tokenizer_for_world(world, vocab_size=1024)
     seen = {i for text in world_texts(world) for i in tok(text)["input_ids"]}
@@ -47,5 +58,7 @@ def test_model_directory_loads_with_auto_classes_and_same_ids(world, tmp_path):
     loaded = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert model.get_input_embeddings().num_embeddings == len(tok)
-    sample = open(world / "corpus.jsonl").readline()
+    sample = open(world / "corpus.jsonl").readline() + " born in 1652."
+    # transformers rebuilds a Qwen2 directory's pre-tokenizer: the digit pairs must survive it.
     assert loaded(sample)["input_ids"] == tok(sample)["input_ids"]
+    assert loaded.convert_ids_to_tokens(loaded(" 1652.")["input_ids"]) == ["Ġ", "16", "52", "."]

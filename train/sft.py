@@ -40,7 +40,7 @@ console = Console(stderr=True)
 
 # Version of the embedded policy's recipe (format, tokenizer, data, schedule): a cached
 # tiny policy built by another version is rebuilt rather than reused.
-TINY_RECIPE = 5
+TINY_RECIPE = 6
 
 
 @dataclass
