@@ -32,7 +32,7 @@ def test_numbers_split_into_pairs_of_digits_each_one_token(world):
     text = "<answer> 1652 </answer> born in 1652, 7 or 19034."
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.convert_ids_to_tokens(ids)[1:4] == ["Ġ", "16", "52"]
-    assert tok.convert_ids_to_tokens(ids)[-6:] == ["Ġ", "7", "Ġor", "Ġ", "19", "03", "4", "."][-6:]
+    assert tok.convert_ids_to_tokens(ids)[-7:] == ["7", "Ġor", "Ġ", "19", "03", "4", "."]
     assert tok.decode(ids) == text and "".join(tok.decode([i]) for i in ids) == text
     # Every pair is in the vocabulary, so a year the training text never held still copies as two tokens.
     assert all(len(tok(f"{i:02d}", add_special_tokens=False)["input_ids"]) == 1 for i in range(100))
