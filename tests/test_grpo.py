@@ -333,3 +333,27 @@ def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
     stats = policy_update(policy, kept, cfg, optimizer, seed=0)
     assert stats["rows_trained"] == 0.5
+
+
+def test_scale_by_std_false_centres_the_group_rewards_only():
+    import torch
+
+    from agent.types import Segment, Step, Trajectory
+    from rewards.base import Score
+    from train.grpo import GRPOConfig
+    from train.update import advantages_for
+
+    def traj(sample, ok):
+        seg = Segment(context_ids=[5, 6], response_ids=[7, 8, 9, 10], loss_mask=[1, 1, 1, 1], logprobs=[-1.0] * 4)
+        steps = [Step(kind="search", text="q", span=(0, 2)), Step(kind="answer", text="a" if ok else "b", span=(2, 4))]
+        return Trajectory(example_id="e", group_id="g", sample=sample, segments=[seg], steps=steps,
+                          answer="a" if ok else "b")
+
+    trajs, scores = [traj(0, True), traj(1, False)], [Score(1.0, [0.0, 0.0]), Score(0.0, [0.0, 0.0])]
+    centred = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False), pad_id=0).adv_B_T
+    scaled = advantages_for(trajs, scores, GRPOConfig(), pad_id=0).adv_B_T
+    # rewards 1 and 0: r - mean = +-0.5; divided by their std (0.7071) = +-0.7071; negatives x0.3
+    torch.testing.assert_close(centred, torch.tensor([[0.0, 0.0] + [0.5] * 4, [0.0, 0.0] + [-0.15] * 4]))  # prompt: 0
+    torch.testing.assert_close(scaled, torch.tensor([[0.0, 0.0] + [0.70711] * 4, [0.0, 0.0] + [-0.21213] * 4]),
+                               atol=1e-4, rtol=0)
+

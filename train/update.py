@@ -48,7 +48,8 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
                         for t, p in zip(trajs, placed) for row in p.step_index]
             keys_B_T = response_values_to_rows(key_rows, batch.attention_mask, fill=-1, dtype=torch.long)
         adv_B_T = process_advantages(outcome_N, group_ids_N, step_rewards_B_T, step_index_B_T, mask_B_T,
-                                     traj_index_B, process_weight=cfg.process_weight, step_keys_B_T=keys_B_T)
+                                     traj_index_B, process_weight=cfg.process_weight, step_keys_B_T=keys_B_T,
+                                     scale_by_std=cfg.scale_by_std)
     elif cfg.advantage in ADVANTAGE_ESTIMATORS:
         rewards_N = torch.tensor([s.value for s in scores], dtype=torch.float32)
         adv_N = ADVANTAGE_ESTIMATORS[cfg.advantage](rewards_N, group_ids_N)
