@@ -298,6 +298,9 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
     assert out["bf16"]["float32_s"] > 0 and out["bf16"]["bf16_s"] > 0
     assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
     assert out["merge"]["whole_s"] > 0 and out["merge"]["merged_s"] > 0 and 0 < out["merge"]["rows_distinct"] <= 1
+    sampler = out["bf16_sampler"]  # the bf16 copy's rollouts, and its logprobs against the trainer's
+    assert sampler["float32_s"] > 0 and sampler["bf16_s"] > 0
+    assert 0 < sampler["logprob_gap_mean"] <= sampler["logprob_gap_max"] < 1.0
 
 
 def test_settled_groups_carry_no_advantage_and_leave_the_update(tiny_model_dir):
@@ -357,3 +360,28 @@ def test_scale_by_std_false_centres_the_group_rewards_only():
     torch.testing.assert_close(scaled, torch.tensor([[0.0, 0.0] + [0.70711] * 4, [0.0, 0.0] + [-0.21213] * 4]),
                                atol=1e-4, rtol=0)
 
+
+def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_model_dir):
+    """With --rollout_dtype bf16, step 2's sampler logprobs are those of the bf16 copy of the
+    weights after step 1, not of the warm start's: the copy is synced after every update."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.traces import record_to_trajectory
+    from train.batching import collate_segments, token_logprobs
+
+    out = setup / "bf16-sampler"
+    main(args(setup, tiny_model_dir, out, 2) + ["--rollout_dtype", "bf16", "--learning_rate", "3e-2",
+                                                 "--entropy_coef", "0.01"])
+    step2 = [record_to_trajectory(r) for r in read_traces(out / "traces.jsonl") if r["step"] == 2]
+    pad_id = AutoTokenizer.from_pretrained(str(tiny_model_dir)).pad_token_id
+    batch = collate_segments([seg for t in step2 for seg in t.segments], pad_id)
+    mask = batch.loss_mask.bool()
+
+    def gap(model_dir) -> float:  # mean |log pi_bf16(model_dir) - sampler logprob| over sampled tokens
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(torch.bfloat16).eval()
+        with torch.no_grad():
+            logprobs = token_logprobs(model, batch, temperature=1.0)
+        return float((logprobs[mask].float() - batch.old_logprobs[mask]).abs().mean())
+
+    synced, stale = gap(out / "checkpoint-1"), gap(tiny_model_dir)
+    assert synced < 0.05 < stale, (synced, stale)

@@ -35,3 +35,41 @@ def test_full_finetuning_reference_is_a_frozen_copy(tiny_model_dir):
     assert policy.reference is not policy.model
     assert not any(p.requires_grad for p in policy.reference.parameters())
     assert load_policy(str(tiny_model_dir), need_reference=False).reference is None
+
+
+def test_rollout_model_is_the_policy_or_a_bf16_copy_that_tracks_it(tiny_model_dir):
+    from agent.engines.hf import HFEngine
+    from train.policy import rollout_model
+
+    policy = load_policy(str(tiny_model_dir), need_reference=False, dtype="float32")
+    assert rollout_model(policy, "same") is policy.model
+    sampler = rollout_model(policy, "bf16")
+    assert sampler is not policy.model
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in sampler.parameters())
+    trained = dict(policy.model.named_parameters())
+    for name, p in sampler.named_parameters():
+        assert torch.equal(p, trained[name].detach().to(torch.bfloat16)), name
+    # One optimizer step moves the policy; syncing the engine brings the copy along.
+    before = {name: p.detach().clone() for name, p in sampler.named_parameters()}
+    b = batch(policy.tokenizer)
+    opt = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+    (-token_logprobs(policy.model, b)[b.loss_mask.bool()].mean()).backward()
+    opt.step()
+    engine = HFEngine(sampler, policy.tokenizer)
+    assert engine.update_weights(policy.model) > 0
+    changed = [name for name, p in sampler.named_parameters() if not torch.equal(p, before[name])]
+    assert changed  # the step moved weights by more than bf16 rounding
+    for name, p in sampler.named_parameters():
+        assert torch.equal(p, trained[name].detach().to(torch.bfloat16)), name
+
+
+def test_rollout_model_refuses_an_unknown_setting_and_shares_a_lora_model(tiny_model_dir):
+    import pytest
+
+    from train.policy import rollout_model
+
+    policy = load_policy(str(tiny_model_dir), need_reference=False, dtype="float32")
+    with pytest.raises(ValueError, match="rollout_dtype must be auto, same or bf16, got 'fp8'"):
+        rollout_model(policy, "fp8")
+    lora = load_policy(str(tiny_model_dir), lora_r=4, dtype="float32")
+    assert rollout_model(lora, "bf16") is lora.model

@@ -3,13 +3,14 @@
     python train/grpo.py                               # the embedded default, end to end
     python train/grpo.py --config grpo.yaml --model Qwen/Qwen2.5-3B-Instruct --lora_r 16
 
-What it simplifies: one process, rollouts with the in-process `hf` engine sharing the
-trained model (so weight sync is free), one batch of questions per step rolled out with a
-GRPO group of samples each, scored by the reward spec, turned into token-level advantages
+What it simplifies: one process, rollouts with the in-process `hf` engine over the trained
+model (or, where the hardware computes bf16, a bf16 copy of it synced by one weight copy
+per step: `--rollout_dtype`), one batch of questions per step rolled out with a GRPO group
+of samples each, scored by the reward spec, turned into token-level advantages
 (`train.advantages`) and used for `updates_per_batch` passes of the clipped loss
 (`train.loss`). Old logprobs are the sampler's: the engine reports them at the sampling
-temperature, exactly as `token_logprobs` recomputes them, so the first pass starts at ratio 1
-(up to rounding where the update runs under bf16 autocast, `--autocast`).
+temperature, as `token_logprobs` recomputes them, so the first pass starts at ratio 1 up
+to bf16 rounding (`--autocast`, `--rollout_dtype`; eval/bench/train.py measures the gap).
 
 With no model given it builds the embedded default (world, dense index, tiny policy
 warm-started by SFT; cached) and trains that. A run resumes from the newest complete
@@ -104,8 +105,11 @@ class GRPOConfig:
     gradient_checkpointing: bool = doc("trade compute for memory", False)
     dtype: str = doc("auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16", "auto")
     autocast: str = doc("bf16 autocast of the update and reference forwards: auto (where the CPU or GPU computes "
-                        "bf16 natively) | bf16 | none. Rollouts keep the model's dtype; the first pass's ratio is then "
-                        "1 up to bf16 rounding (eval/bench/train.py measures it)", "auto")
+                        "bf16 natively) | bf16 | none. The first pass's ratio is then 1 up to bf16 rounding "
+                        "(eval/bench/train.py measures it)", "auto")
+    rollout_dtype: str = doc("auto (a bf16 copy of a float32 model samples the rollouts where the hardware computes "
+                             "bf16 natively; synced after every update) | bf16 | same (rollouts share the trained "
+                             "model). Greedy evaluations always use the trained model itself", "auto")
     eval_every: int = doc("steps between greedy dev evaluations (0 = only before training)", 0)
     eval_questions: int = doc("dev questions per evaluation", 200)
     test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500)
@@ -164,7 +168,7 @@ def main(argv=None) -> dict:
     from eval.datasets import load_qa
     from retrieval import open_retriever
     from rewards.registry import build_reward
-    from train.policy import load_policy
+    from train.policy import load_policy, rollout_model
 
     model_path = cfg.model
     if cfg.model == "tiny":
@@ -180,7 +184,9 @@ def main(argv=None) -> dict:
     resume = latest_checkpoint(out) if cfg.resume else None
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
-    engine = HFEngine(policy.model, policy.tokenizer)
+    engine = HFEngine(policy.model, policy.tokenizer)  # greedy evaluations: the trained weights themselves
+    sampler = rollout_model(policy, cfg.rollout_dtype)
+    rollout_engine = engine if sampler is policy.model else HFEngine(sampler, policy.tokenizer)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = lr_scheduler(optimizer, cfg)
@@ -214,7 +220,7 @@ def main(argv=None) -> dict:
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         questions, cursor = next_questions(train_set, cursor, cfg.questions_per_step, cfg.seed)
-        rollout = Rollout(engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
+        rollout = Rollout(rollout_engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
         trajs = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
         examples = [by_id[t.example_id] for t in trajs]
         t1 = time.perf_counter()
@@ -224,6 +230,7 @@ def main(argv=None) -> dict:
         lr = scheduler.get_last_lr()[0]
         update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
         scheduler.step()  # once per step of questions, however many minibatches it took
+        rollout_engine.update_weights(policy.model)  # a no-op when rollouts share the model
         t3 = time.perf_counter()
         step += 1
         if step > cfg.max_steps - cfg.average_last:

@@ -13,7 +13,10 @@ Then, on the last step's batch, the reference forward and the update's forward a
 backward of `token_logprobs` with the output head on the trained tokens only (as the
 trainer runs them) against the baseline of the full head on every position; and the
 update's forward and backward under bf16 autocast (`--autocast auto`, the default where
-the hardware computes bf16) against float32, with the logprob gap between the two.
+the hardware computes bf16) against float32, with the logprob gap between the two. Last,
+one step's rollouts sampled by the bf16 copy of the model (`--rollout_dtype auto` where the
+hardware computes bf16) against the float32 model itself, and the gap between the bf16
+sampler's logprobs and the trainer's of the same tokens (the first pass's log-ratio).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def main(argv=None) -> dict:
     from rewards.registry import build_reward
     from train.config import parse_config
     from train.grpo import GRPOConfig, next_questions
-    from train.policy import load_policy
+    from train.policy import load_policy, rollout_model
     from train.update import advantages_for, policy_update
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,7 +55,8 @@ def main(argv=None) -> dict:
         del argv[at : at + 2]
     cfg = parse_config(GRPOConfig, argv)
     policy = load_policy(cfg.model, need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
-    engine, retriever = Timed(HFEngine(policy.model, policy.tokenizer), "generate"), Timed(open_retriever(cfg.index), "search")
+    sampler = rollout_model(policy, cfg.rollout_dtype)
+    engine, retriever = Timed(HFEngine(sampler, policy.tokenizer), "generate"), Timed(open_retriever(cfg.index), "search")
     engine.tokenizer = policy.tokenizer
     train_set = load_qa(cfg.data, "train")
     by_id = {ex.id: ex for ex in train_set}
@@ -78,6 +82,7 @@ def main(argv=None) -> dict:
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
         t3 = time.perf_counter()
         logged = policy_update(policy, adv, cfg, optimizer, seed=step)
+        engine.update_weights(policy.model)
         t4 = time.perf_counter()
         [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(trajs, examples)]
         t5 = time.perf_counter()
@@ -102,7 +107,41 @@ def main(argv=None) -> dict:
     head = head_only_on_trained_tokens(policy.model, adv.batch, cfg.temperature)
     amp = bf16_against_float32(policy.model, adv.batch, cfg.temperature)
     merged = merged_against_whole(policy, adv, cfg)
-    return {**{k: v / steps for k, v in parts.items()}, "head": head, "bf16": amp, "merge": merged}
+    sampling = bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg)
+    return {**{k: v / steps for k, v in parts.items()}, "head": head, "bf16": amp, "merge": merged,
+            "bf16_sampler": sampling}
+
+
+def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg) -> dict:
+    """One step's rollouts (same questions and seed) sampled by a bf16 copy of the model
+    against the float32 model itself (the baseline), and |sampler - trainer| logprob of the
+    bf16 copy's sampled tokens, the trainer computing them as the update does."""
+    import copy
+
+    from agent.engines.hf import HFEngine
+    from agent.rollout import Rollout
+    from train.batching import collate_segments, token_logprobs
+    from train.policy import autocast_dtype, autocast_to
+
+    def rollout(model):
+        started = time.perf_counter()
+        trajs = Rollout(HFEngine(model, policy.tokenizer), retriever, rcfg, policy.tokenizer)(questions, cfg.group_size)
+        return time.perf_counter() - started, trajs
+
+    copy_bf16 = copy.deepcopy(policy.model).to(torch.bfloat16).eval()
+    full, _ = rollout(policy.model)
+    half, trajs = rollout(copy_bf16)
+    batch = collate_segments([seg for t in trajs for seg in t.segments], policy.tokenizer.pad_token_id)
+    amp = autocast_dtype(cfg.autocast, batch.input_ids.device)
+    with torch.no_grad(), autocast_to(batch.input_ids.device, amp):
+        trainer_B_L = token_logprobs(policy.model, batch, cfg.temperature, only_loss=True)
+    mask = batch.loss_mask.bool()
+    gap = (trainer_B_L[mask] - batch.old_logprobs[mask]).abs()
+    console.print(f"rollouts of one step: float32 model (baseline) {full:.2f} s · bf16 copy {half:.2f} s · "
+                  f"{full / half:.2f}x; |trainer - bf16 sampler| logprob of a sampled token: mean {gap.mean():.1e}, "
+                  f"99th percentile {gap.quantile(0.99):.1e}, max {gap.max():.1e}")
+    return {"float32_s": full, "bf16_s": half, "logprob_gap_mean": float(gap.mean()),
+            "logprob_gap_p99": float(gap.quantile(0.99)), "logprob_gap_max": float(gap.max())}
 
 
 def merged_against_whole(policy, adv, cfg, repeats: int = 2) -> dict:
