@@ -112,10 +112,11 @@ def main(argv=None) -> dict:
             "bf16_sampler": sampling}
 
 
-def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg) -> dict:
+def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg, repeats: int = 2) -> dict:
     """One step's rollouts (same questions and seed) sampled by a bf16 copy of the model
-    against the float32 model itself (the baseline), and |sampler - trainer| logprob of the
-    bf16 copy's sampled tokens, the trainer computing them as the update does."""
+    against the float32 model itself (the baseline; best of `repeats`, taken in turns), and
+    |sampler - trainer| logprob of the bf16 copy's sampled tokens, the trainer computing
+    them as the update does."""
     import copy
 
     from agent.engines.hf import HFEngine
@@ -129,8 +130,9 @@ def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg) -> dic
         return time.perf_counter() - started, trajs
 
     copy_bf16 = copy.deepcopy(policy.model).to(torch.bfloat16).eval()
-    full, _ = rollout(policy.model)
-    half, trajs = rollout(copy_bf16)
+    runs = [(rollout(policy.model), rollout(copy_bf16)) for _ in range(repeats)]
+    full = min(f for (f, _), _ in runs)
+    half, trajs = min((h for _, h in runs), key=lambda r: r[0])
     batch = collate_segments([seg for t in trajs for seg in t.segments], policy.tokenizer.pad_token_id)
     amp = autocast_dtype(cfg.autocast, batch.input_ids.device)
     with torch.no_grad(), autocast_to(batch.input_ids.device, amp):
