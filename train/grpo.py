@@ -71,8 +71,9 @@ class GRPOConfig:
     advantage: str = doc("process (GRPO outcome + normalised step rewards) | grpo | dr_grpo | rloo | reinforce_pp", "process")
     process_weight: float = doc("weight of the process advantage (advantage=process)", 0.5)
     negative_weight: float = doc("scale of negative advantages (1 = as estimated; < 1 pushes less on worse-than-average samples)", 0.3)
-    scale_by_std: bool = doc("divide group-centred rewards by the group's std (GRPO); false centres only (Dr.GRPO): "
-                             "a group whose rewards differ by a hair then gets a hair of advantage, not a full unit", True)
+    scale_by_std: bool = doc("advantage=process: divide group-centred rewards by the group's std (GRPO); false "
+                             "centres only (Dr.GRPO), so a group whose rewards differ by a hair gets a hair of "
+                             "advantage, not a full unit (outcome-only: advantage=grpo against dr_grpo)", True)
     process_by_kind: bool = doc("normalise each step reward among the group's steps of the same kind (searches with "
                                 "searches), not among all its steps", True)
     clip_low: float = doc("lower clip of the ratio: 1 - clip_low", 0.2)

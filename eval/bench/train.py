@@ -117,19 +117,17 @@ def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg, repeat
     against the float32 model itself (the baseline; best of `repeats`, taken in turns), and
     |sampler - trainer| logprob of the bf16 copy's sampled tokens, the trainer computing
     them as the update does."""
-    import copy
-
     from agent.engines.hf import HFEngine
     from agent.rollout import Rollout
     from train.batching import collate_segments, token_logprobs
-    from train.policy import autocast_dtype, autocast_to
+    from train.policy import autocast_dtype, autocast_to, rollout_model
 
     def rollout(model):
         started = time.perf_counter()
         trajs = Rollout(HFEngine(model, policy.tokenizer), retriever, rcfg, policy.tokenizer)(questions, cfg.group_size)
         return time.perf_counter() - started, trajs
 
-    copy_bf16 = copy.deepcopy(policy.model).to(torch.bfloat16).eval()
+    copy_bf16 = rollout_model(policy, "bf16")
     runs = [(rollout(policy.model), rollout(copy_bf16)) for _ in range(repeats)]
     full = min(f for (f, _), _ in runs)
     half, trajs = min((h for _, h in runs), key=lambda r: r[0])
