@@ -41,8 +41,9 @@ class Policy:
 def rollout_model(policy: Policy, setting: str) -> torch.nn.Module:
     """The model rollouts sample from: the trained model itself, or a copy of it in bf16.
 
-    `auto` makes the bf16 copy where the trained model is float32 on a CPU that computes
-    bf16 natively: the tiny default then samples 1.3x faster (eval/bench/train.py), and the
+    `auto` makes the bf16 copy where the trained model is float32 on hardware that computes
+    bf16 natively (`autocast_dtype`): the tiny default's rollouts then take 1.23-1.38x less
+    time on a 2-core AVX512-BF16 CPU (eval/bench/train.py, README), and the
     copy costs one weight copy per step (`HFEngine.update_weights`). The sampler is then not
     exactly the trainer, as with vLLM: old logprobs are the sampler's, and the ratio of the
     first pass is 1 up to bf16 rounding, which the clip absorbs. `same` shares the model
