@@ -15,6 +15,13 @@ Significance: every run is tested against the first (the reference) by a paired
 bootstrap on EM over the questions both runs answered, matched by example id (a question
 rolled out several times scores its mean EM). Reported: the EM difference (run minus
 reference), its 95% percentile interval, and the two-sided p-value (`eval.bootstrap`).
+
+Won and lost: of the questions the reference answers wrong, the share the run answers
+right ("won"), and of those it answers right, the share the run answers wrong ("lost";
+a question counts as right when its mean EM is above 0.5). Two runs with the same EM
+difference can get there by little churn or by a lot; and since the difference is about
+won x (1 - p) - lost x p for a reference at EM p, the same two rates gain less on a split
+the reference already does well on.
 """
 
 from __future__ import annotations
@@ -79,6 +86,18 @@ def paired_test(ref: dict[str, float], run: dict[str, float], *, resamples: int 
     return paired_bootstrap([ref[i] for i in ids], [run[i] for i in ids], resamples=resamples, seed=seed)
 
 
+def won_lost(ref: dict[str, float], run: dict[str, float]) -> dict:
+    """Questions the reference got wrong and the run right ("won"), and the reverse ("lost"),
+    over the shared ids, as counts and as shares of the reference's wrong and right answers."""
+    ids = ref.keys() & run.keys()
+    right = {i for i in ids if ref[i] > 0.5}
+    won = sum(run[i] > 0.5 for i in ids - right)
+    lost = sum(run[i] <= 0.5 for i in right)
+    wrong = len(ids) - len(right)
+    return {"won": won, "lost": lost, "reference_right": len(right), "reference_wrong": wrong,
+            "won_rate": won / wrong if wrong else 0.0, "lost_rate": lost / len(right) if right else 0.0}
+
+
 def score_row(run: dict) -> list[str]:
     m = run["metrics"]
     cfg = m.get("config") or {}
@@ -99,10 +118,12 @@ def outcome_row(run: dict) -> list[str]:
 
 def significance_rows(tests: list[dict]) -> list[list[str]]:
     return [[t["run"], t["reference"], str(t["n"]), f"{t['diff']:+.3f}", f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
-             f"{t['p_value']:.3g}"] for t in tests]
+             f"{t['p_value']:.3g}", f"{t['won']}/{t['reference_wrong']} ({t['won_rate']:.0%})",
+             f"{t['lost']}/{t['reference_right']} ({t['lost_rate']:.0%})"] for t in tests]
 
 
-SIGNIFICANCE_HEADERS = ["run", "vs", "shared questions", "EM diff", "95% CI", "p"]
+SIGNIFICANCE_HEADERS = ["run", "vs", "shared questions", "EM diff", "95% CI", "p", "won (of its wrong)",
+                        "lost (of its right)"]
 
 
 def read_training_log(path: Path) -> dict[str, list[tuple[float, float]]]:
@@ -204,7 +225,7 @@ def compare(run_dirs: list[Path], out: Path | None = None, *, resamples: int = D
             if result is None:
                 console.print(f"[yellow]{r['name']} and {ref} share no question ids: no significance test")
                 continue
-            tests.append({"run": r["name"], "reference": ref, **result})
+            tests.append({"run": r["name"], "reference": ref, **result, **won_lost(ems[ref], ems[r["name"]])})
     _print_tables(runs, tests)
     plots = {}
     if out is not None:
@@ -228,8 +249,9 @@ def render_markdown(runs: list[dict], tests: list[dict], plots: dict[str, Path])
              markdown_table(["run", *ERROR_CATEGORIES], [outcome_row(r) for r in runs])]
     if tests:
         parts += ["", "## Paired bootstrap on EM", "",
-                  f"Each run against {tests[0]['reference']}, on the question ids both hold.", "",
-                  markdown_table(SIGNIFICANCE_HEADERS, significance_rows(tests), "llrrrr")]
+                  f"Each run against {tests[0]['reference']}, on the question ids both hold; won and lost: "
+                  f"the reference's wrong answers the run got right, and its right answers the run got wrong.", "",
+                  markdown_table(SIGNIFICANCE_HEADERS, significance_rows(tests), "llrrrrrr")]
     for title, path in plots.items():
         parts += ["", f"## {title}", "", f"![{title}]({path.name})"]
     return "\n".join(parts) + "\n"

@@ -8,7 +8,7 @@ import pytest
 
 from agent.rollout import Rollout, RolloutConfig
 from agent.types import Example
-from eval.compare import compare, main, paired_test, per_question_em, read_training_log
+from eval.compare import compare, main, paired_test, per_question_em, read_training_log, won_lost
 from eval.run import evaluate
 from fakes import PASSAGES, FixedRetriever, ScriptedEngine
 
@@ -53,6 +53,15 @@ def test_per_question_em_and_paired_difference(runs):
     # Only the shared ids are paired; with none shared there is no test.
     assert paired_test(good, {"c1": 0.0}, resamples=50)["diff"] == -1.0
     assert paired_test(good, {"x": 1.0}) is None
+    # half lost two of good's four right answers and had none of its wrong ones to win.
+    assert won_lost(good, half) == {"won": 0, "lost": 2, "reference_right": 4, "reference_wrong": 0,
+                                    "won_rate": 0.0, "lost_rate": 0.5}
+    assert won_lost(half, good) == {"won": 2, "lost": 0, "reference_right": 2, "reference_wrong": 2,
+                                    "won_rate": 1.0, "lost_rate": 0.0}
+    # Both ways at once, a mean EM of several samples counting as right above 0.5, on shared ids only.
+    ref, run = {"a": 1.0, "b": 0.0, "c": 0.75, "d": 0.0, "x": 1.0}, {"a": 0.0, "b": 1.0, "c": 0.5, "d": 0.25}
+    assert won_lost(ref, run) == {"won": 1, "lost": 2, "reference_right": 2, "reference_wrong": 2,
+                                  "won_rate": 0.5, "lost_rate": 1.0}
     # A record without a stored score is scored from its answer.
     assert per_question_em([{"example_id": "c1", "answer": "velmora", "golden_answers": ["Velmora"]}]) == {"c1": 1.0}
 
@@ -67,7 +76,8 @@ def test_compare_writes_markdown_and_plots(runs, tmp_path):
     assert (test["run"], test["reference"], test["diff"]) == ("half", "good", -0.5)
     text = out.read_text()
     assert "| good | good | 4 | 1.000 |" in text and "| half | half | 4 | 0.500 |" in text
-    assert "| half | good | 4 | -0.500 |" in text
+    assert "| half | good | 4 | -0.500 |" in text and "| 0/0 (0%) | 2/4 (50%) |" in text
+    assert (test["won"], test["lost"], test["lost_rate"]) == (0, 2, 0.5)
     assert (tmp_path / "cmp" / "compare-em-by-hops.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "compare-training.png").stat().st_size > 1000
     assert "![EM by hop count](compare-em-by-hops.png)" in text
