@@ -250,7 +250,7 @@ def render_markdown(runs: list[dict], tests: list[dict], plots: dict[str, Path])
     if tests:
         parts += ["", "## Paired bootstrap on EM", "",
                   f"Each run against {tests[0]['reference']}, on the question ids both hold; won and lost: "
-                  f"the reference's wrong answers the run got right, and its right answers the run got wrong.", "",
+                  "the reference's wrong answers the run got right, and its right answers the run got wrong.", "",
                   markdown_table(SIGNIFICANCE_HEADERS, significance_rows(tests), "llrrrrrr")]
     for title, path in plots.items():
         parts += ["", f"## {title}", "", f"![{title}]({path.name})"]
