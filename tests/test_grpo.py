@@ -385,3 +385,88 @@ def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_
 
     synced, stale = gap(out / "checkpoint-1"), gap(tiny_model_dir)
     assert synced < 0.05 < stale, (synced, stale)
+
+
+def test_truncated_importance_sampling_weights_tokens_by_the_trainer_over_sampler_ratio(tiny_model_dir):
+    """With tis_cap, the first pass's ratio is 1 against the trainer's own logprobs and each
+    token's loss is weighted by min(pi_trainer / pi_sampler, cap): the loss is then
+    -sum(w A) / n. Computed from the same forward (one pass of one minibatch) or from a
+    pass before the update (two passes), the weights agree."""
+    from agent.types import Segment
+    from train.batching import collate_segments, token_logprobs
+    from train.grpo import GRPOConfig
+    from train.loss import truncated_is_weights
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
+                    logprobs=[-2.0 - i, -1.5, 0.0, -9.0 + i]) for i in range(3)]
+    adv_B_T = torch.tensor([[0, 0, 0, a, a, 0, a] for a in (1.0, -0.5, 0.7)])
+    batch = collate_segments(segs, pad_id=0)
+    mask = batch.loss_mask > 0
+    policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
+    with torch.no_grad():
+        trainer_B_T = token_logprobs(policy.model, batch, temperature=1.0)
+    w_B_T = truncated_is_weights(batch.old_logprobs, trainer_B_T, cap=2.0)
+    assert (w_B_T[mask] == 2.0).any() and (w_B_T[mask] < 2.0).any()  # some truncated, some not
+    expected = float(-(w_B_T * adv_B_T)[mask].sum() / mask.sum())
+
+    def first_pass(passes):
+        policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
+        cfg = GRPOConfig(kl_coef=0.0, tis_cap=2.0, autocast="none", temperature=1.0, updates_per_batch=passes,
+                         learning_rate=0.0)
+        optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.0)  # the weights stay: every pass is the first
+        return policy_update(policy, Advantages(batch, adv_B_T, [0.0] * 3), cfg, optimizer, seed=0)
+
+    for stats in (first_pass(1), first_pass(2)):
+        assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+        assert stats["ratio_mean"] == pytest.approx(1.0) and stats["clip_frac_high"] == 0.0
+        gap = (trainer_B_T - batch.old_logprobs)[mask].abs()
+        assert stats["sampler_gap"] == pytest.approx(float(gap.mean()), rel=1e-5)
+        assert stats["sampler_gap_max"] == pytest.approx(float(gap.max()), rel=1e-5)
+        assert stats["tis_truncated"] == pytest.approx(float((w_B_T[mask] == 2.0).float().mean()))
+    off = load_policy(tiny_model_dir, need_reference=False, dtype="float32")  # tis_cap 0: the sampler's ratio
+    cfg = GRPOConfig(kl_coef=0.0, tis_cap=0.0, autocast="none", temperature=1.0, learning_rate=0.0)
+    stats = policy_update(off, Advantages(batch, adv_B_T, [0.0] * 3), cfg,
+                          torch.optim.SGD(off.model.parameters(), lr=0.0), seed=0)
+    assert "sampler_gap" not in stats and stats["loss"] != pytest.approx(expected, rel=1e-3)
+
+
+def test_lora_sampler_weights_are_the_merged_model(tiny_model_dir):
+    """What a separate sampler loads under LoRA: base + adapter delta, under plain model
+    names, giving the adapted model's logits; the trained base is left as it was."""
+    from transformers import AutoModelForCausalLM
+
+    from train.policy import load_policy, sampler_weights
+
+    policy = load_policy(tiny_model_dir, lora_r=4, dtype="float32")
+    with torch.no_grad():  # a trained adapter (peft starts B at 0, a delta of 0)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    base_before = {k: v.clone() for k, v in policy.model.get_base_model().state_dict().items() if "base_layer" in k}
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    weights = sampler_weights(policy)
+    assert set(weights) == set(plain.state_dict())
+    plain.load_state_dict(weights)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        adapted, merged = policy.model(input_ids=ids).logits, plain(input_ids=ids).logits
+        original = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged, original, atol=1e-3)  # the adapter does change the model
+    for k, v in policy.model.get_base_model().state_dict().items():
+        if k in base_before:
+            assert torch.equal(v, base_before[k]), k
+
+
+def test_tis_on_the_bf16_sampler_logs_its_gap_and_bad_engines_are_refused(setup, tiny_model_dir):
+    out = setup / "tis"
+    main(args(setup, tiny_model_dir, out, 1) + ["--rollout_dtype", "bf16", "--tis_cap", "2"])
+    (row,) = metrics(out)
+    assert 0 < row["sampler_gap"] <= row["sampler_gap_max"] < 0.5  # bf16 rounding, not another policy
+    assert 0.5 < row["tis_weight"] < 2.0
+    with pytest.raises(ValueError, match="rollout_engine must be hf or vllm, got 'sglang'"):
+        main(args(setup, tiny_model_dir, setup / "bad-engine", 1) + ["--rollout_engine", "sglang"])
+    with pytest.raises(ValueError, match="tis_cap must be >= 0"):
+        main(args(setup, tiny_model_dir, setup / "bad-tis", 1) + ["--tis_cap", "-1"])

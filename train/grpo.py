@@ -5,12 +5,15 @@
 
 What it simplifies: one process, rollouts with the in-process `hf` engine over the trained
 model (or, where the hardware computes bf16, a bf16 copy of it synced by one weight copy
-per step: `--rollout_dtype`), one batch of questions per step rolled out with a GRPO group
+per step: `--rollout_dtype`) or an in-process vLLM engine loaded with the trained weights
+after every update (`--rollout_engine vllm`, with truncated importance sampling:
+`--tis_cap`), one batch of questions per step rolled out with a GRPO group
 of samples each, scored by the reward spec, turned into token-level advantages
 (`train.advantages`) and used for `updates_per_batch` passes of the clipped loss
 (`train.loss`). Old logprobs are the sampler's: the engine reports them at the sampling
 temperature, as `token_logprobs` recomputes them, so the first pass starts at ratio 1 up
-to bf16 rounding (`--autocast`, `--rollout_dtype`; eval/bench/train.py measures the gap).
+to bf16 rounding (`--autocast`, `--rollout_dtype`; eval/bench/train.py measures the gap);
+with `--tis_cap` the ratio is taken against the trainer's own instead.
 
 With no model given it builds the embedded default (world, dense index, tiny policy
 warm-started by SFT; cached) and trains that. A run resumes from the newest complete
@@ -41,6 +44,7 @@ from train.averaging import WeightAverage
 from train.checkpoint import latest_checkpoint, load_trainer_state, save_atomic, save_checkpoint
 from train.config import doc, parse_config
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
+from train.policy import load_policy, rollout_model, sampler_weights
 from train.update import advantages_for, group_stats, policy_update
 
 console = Console(stderr=True)
@@ -113,6 +117,16 @@ class GRPOConfig:
     rollout_dtype: str = doc("auto (a bf16 copy of a float32 model samples the rollouts where the hardware computes "
                              "bf16 natively; synced after every update) | bf16 | same (rollouts share the trained "
                              "model). Greedy evaluations always use the trained model itself", "auto")
+    rollout_engine: str = doc("hf (in-process, over the trained model or its bf16 copy: --rollout_dtype) | vllm (an "
+                              "in-process vllm.LLM built from the model directory; the trained weights, LoRA merged, "
+                              "are loaded into it after every update). Greedy evaluations stay on hf", "hf")
+    vllm_gpu_memory_utilization: float = doc("rollout_engine=vllm: share of the GPU's memory vLLM may take (the "
+                                             "trainer needs the rest)", 0.4)
+    tis_cap: float | None = doc(
+        "truncated importance sampling when the sampler is not the trainer: each token's loss is weighted by "
+        "min(pi_trainer / pi_sampler, tis_cap) and the PPO ratio is taken against the trainer's own logprobs "
+        "(0 = off: the ratio is taken against the sampler's). Default: 2 with vllm, off with hf, whose bf16 copy "
+        "differs from the trainer by bf16 rounding only", None)
     eval_every: int = doc("steps between greedy dev evaluations (0 = only before training)", 0)
     eval_questions: int = doc("dev questions per evaluation", 200)
     test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500)
@@ -149,6 +163,23 @@ def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[lis
     return out, {"epoch": epoch, "pos": pos}
 
 
+def make_rollout_engine(cfg: GRPOConfig, policy, model_path, engine: HFEngine):
+    """The engine rollouts sample from: `engine` itself (the trained model), an `HFEngine`
+    over its bf16 copy, or a `VLLMEngine` loaded with the trained weights (a resumed run's,
+    LoRA merged)."""
+    if cfg.rollout_engine == "hf":
+        sampler = rollout_model(policy, cfg.rollout_dtype)
+        return engine if sampler is policy.model else HFEngine(sampler, policy.tokenizer)
+    from agent.engines.vllm import VLLMEngine
+
+    weight = next(policy.model.parameters())
+    vllm_engine = VLLMEngine(str(model_path), dtype=str(weight.dtype).removeprefix("torch."), seed=cfg.seed,
+                             enforce_eager=weight.device.type != "cuda",
+                             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    vllm_engine.update_weights(sampler_weights(policy))
+    return vllm_engine
+
+
 def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig) -> dict:
     from eval.metrics import summarize
 
@@ -161,6 +192,12 @@ def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig) -> dict:
 
 def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)
+    if cfg.rollout_engine not in ("hf", "vllm"):
+        raise ValueError(f"rollout_engine must be hf or vllm, got {cfg.rollout_engine!r}")
+    if cfg.tis_cap is None:
+        cfg.tis_cap = 2.0 if cfg.rollout_engine == "vllm" else 0.0
+    if cfg.tis_cap < 0:
+        raise ValueError(f"tis_cap must be >= 0 (0 = off), got {cfg.tis_cap}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +208,6 @@ def main(argv=None) -> dict:
     from eval.datasets import load_qa
     from retrieval import open_retriever
     from rewards.registry import build_reward
-    from train.policy import load_policy, rollout_model
 
     model_path = cfg.model
     if cfg.model == "tiny":
@@ -188,8 +224,7 @@ def main(argv=None) -> dict:
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
     engine = HFEngine(policy.model, policy.tokenizer)  # greedy evaluations: the trained weights themselves
-    sampler = rollout_model(policy, cfg.rollout_dtype)
-    rollout_engine = engine if sampler is policy.model else HFEngine(sampler, policy.tokenizer)
+    rollout_engine = make_rollout_engine(cfg, policy, model_path, engine)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = lr_scheduler(optimizer, cfg)
@@ -233,7 +268,8 @@ def main(argv=None) -> dict:
         lr = scheduler.get_last_lr()[0]
         update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
         scheduler.step()  # once per step of questions, however many minibatches it took
-        rollout_engine.update_weights(policy.model)  # a no-op when rollouts share the model
+        if rollout_engine is not engine:  # the sampler holds its own copy of the weights
+            rollout_engine.update_weights(sampler_weights(policy))
         t3 = time.perf_counter()
         step += 1
         if step > cfg.max_steps - cfg.average_last:

@@ -59,6 +59,29 @@ def rollout_model(policy: Policy, setting: str) -> torch.nn.Module:
     return copy.deepcopy(policy.model).to(torch.bfloat16).eval().requires_grad_(False)
 
 
+def sampler_weights(policy: Policy) -> dict[str, torch.Tensor]:
+    """The trained weights as a plain model's state dict, under Hugging Face names: what a
+    rollout engine that holds its own copy (vLLM, the bf16 copy) loads after every update.
+
+    Full fine-tuning: the model's own state dict. LoRA: the base weights with each adapter's
+    delta added (W + B A * scaling, peft's `get_delta_weight`), computed aside, so the
+    trained base weights are never merged and unmerged in place (that would round them).
+    """
+    if not policy.lora:
+        return policy.model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    inner = policy.model.get_base_model()
+    adapter = policy.model.active_adapter
+    out = {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items() if "lora_" not in k}
+    with torch.no_grad():
+        for name, module in inner.named_modules():
+            if isinstance(module, LoraLayer) and adapter in module.lora_A and not module.disable_adapters:
+                base = module.get_base_layer().weight
+                out[f"{name}.weight"] = base + module.get_delta_weight(adapter).to(base.dtype)
+    return out
+
+
 def pick_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32

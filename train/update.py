@@ -16,7 +16,7 @@ from rewards.outcome import exact_match
 from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_advantages, response_values_to_rows,
                               scale_negatives)
 from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, token_logprobs
-from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss
+from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
 from train.policy import autocast_dtype, autocast_to
 
 
@@ -103,6 +103,15 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
             ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
     model.train()
+    # Truncated importance sampling (the sampler is not the trainer: vLLM, a bf16 copy): the
+    # ratio is taken against the trainer's own logprobs before this step, and each token is
+    # weighted by min(pi_trainer / pi_sampler, cap). With one pass of one minibatch those are
+    # the first forward's own values, detached (the weights have not moved yet): no extra pass.
+    tis_cap = getattr(cfg, "tis_cap", 0.0) or 0.0
+    trainer_old_B_L = None
+    if tis_cap and len(counts_B) and (cfg.updates_per_batch > 1 or len(counts_B) > cfg.minibatch_rows):
+        with torch.no_grad(), autocast_to(device, amp):
+            trainer_old_B_L = token_logprobs(model, batch, cfg.temperature, only_loss=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.updates_per_batch if len(counts_B) else 0):
         perm = torch.randperm(len(counts_B), generator=gen).to(device)
@@ -112,8 +121,15 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, amp):
                 logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
-            loss, m = policy_loss(logprobs, mb.old_logprobs, adv_mb, mask, cfg.clip_low, cfg.clip_high,
-                                  cfg.aggregation, max_tokens=max_tokens, counts_B=counts)
+            old, is_weights = mb.old_logprobs, None
+            if tis_cap:
+                trainer_old = logprobs.detach() if trainer_old_B_L is None else trainer_old_B_L[idx]
+                is_weights = truncated_is_weights(old, trainer_old, tis_cap)
+                for k, v in sampler_stats(old, trainer_old, is_weights, mask, tis_cap).items():
+                    logs[k].append(v)
+                old = trainer_old
+            loss, m = policy_loss(logprobs, old, adv_mb, mask, cfg.clip_low, cfg.clip_high, cfg.aggregation,
+                                  max_tokens=max_tokens, is_weights_B_T=is_weights, counts_B=counts)
             entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens, counts)
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
@@ -136,12 +152,25 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
             for k, v in m.items():
                 logs[k].append(v)
     model.eval()
-    out = {k: sum(v) / len(v) for k, v in logs.items() if k != "skipped"}
+    out = {k: max(v) if k.endswith("_max") else sum(v) / len(v) for k, v in logs.items() if k != "skipped"}
     out["skipped_steps"] = float(sum(logs["skipped"]))
     out["reference_s"] = reference_s  # time of the reference forward (KL)
     out.setdefault("approx_kl", 0.0)
     out.setdefault("entropy", 0.0)
     return out
+
+
+def sampler_stats(sampler_B_T: torch.Tensor, trainer_B_T: torch.Tensor, weights_B_T: torch.Tensor,
+                  mask_B_T: torch.Tensor, cap: float) -> dict[str, float]:
+    """How far the sampler is from the trainer on the sampled tokens: the mean and largest
+    |log pi_trainer - log pi_sampler|, the mean importance weight and the share truncated."""
+    keep_B_T = mask_B_T > 0
+    if not keep_B_T.any():
+        return {}
+    gap_K = (trainer_B_T.float() - sampler_B_T.float())[keep_B_T].abs()
+    weights_K = weights_B_T[keep_B_T]
+    return {"sampler_gap": float(gap_K.mean()), "sampler_gap_max": float(gap_K.max()),
+            "tis_weight": float(weights_K.mean()), "tis_truncated": float((weights_K >= cap).float().mean())}
 
 
 def group_stats(trajs: list[Trajectory], examples: list[Example], scores: list[Score]) -> dict:
