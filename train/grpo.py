@@ -43,6 +43,7 @@ from agent.traces import TraceWriter, trajectory_record
 from train.averaging import WeightAverage
 from train.checkpoint import latest_checkpoint, load_trainer_state, save_atomic, save_checkpoint
 from train.config import doc, parse_config
+from train.demos import progress_bar
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
 from train.policy import load_policy, rollout_model, sampler_weights
 from train.update import advantages_for, group_stats, policy_update
@@ -255,44 +256,48 @@ def main(argv=None) -> dict:
         console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
     # -- the loop: rollout -> score -> advantages -> update -> log ------------------------------
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        questions, cursor = next_questions(train_set, cursor, cfg.questions_per_step, cfg.seed)
-        rollout = Rollout(rollout_engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
-        trajs = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
-        examples = [by_id[t.example_id] for t in trajs]
-        t1 = time.perf_counter()
-        scores = reward(trajs, examples)
-        t2 = time.perf_counter()
-        adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
-        lr = scheduler.get_last_lr()[0]
-        update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
-        scheduler.step()  # once per step of questions, however many minibatches it took
-        if rollout_engine is not engine:  # the sampler holds its own copy of the weights
-            rollout_engine.update_weights(sampler_weights(policy))
-        t3 = time.perf_counter()
-        step += 1
-        if step > cfg.max_steps - cfg.average_last:
-            average.update()
+    progress = progress_bar()
+    task = progress.add_task("grpo", total=cfg.max_steps, completed=min(step, cfg.max_steps))
+    with progress:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            questions, cursor = next_questions(train_set, cursor, cfg.questions_per_step, cfg.seed)
+            rollout = Rollout(rollout_engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
+            trajs = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
+            examples = [by_id[t.example_id] for t in trajs]
+            t1 = time.perf_counter()
+            scores = reward(trajs, examples)
+            t2 = time.perf_counter()
+            adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
+            lr = scheduler.get_last_lr()[0]
+            update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
+            scheduler.step()  # once per step of questions, however many minibatches it took
+            if rollout_engine is not engine:  # the sampler holds its own copy of the weights
+                rollout_engine.update_weights(sampler_weights(policy))
+            t3 = time.perf_counter()
+            step += 1
+            if step > cfg.max_steps - cfg.average_last:
+                average.update()
 
-        record = {"step": step, "reward": sum(s.value for s in scores) / len(scores), **group_stats(trajs, examples, scores),
-                  **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
-                  "tokens_per_s": sum(t.n_sampled_tokens for t in trajs) / (t1 - t0)}
-        if cfg.eval_every and step % cfg.eval_every == 0 and dev_set:
-            record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg)["em"]
-        traces.write([trajectory_record(t, ex, policy.tokenizer, step=step, reward=s.value, rewards=s.parts,
-                                        advantage=a) for t, ex, s, a in zip(trajs, examples, scores, adv.per_traj)])
-        append_jsonl(metrics_path, [record])
-        trackers.log(record, step)
-        kl = record.get("kl_ref", record["approx_kl"])  # to the reference when a KL term trains, else to the sampler
-        console.print(
-            f"step {step:>4} · reward {record['reward']:.3f} · EM {record['em']:.3f} · KL {kl:.4f} · "
-            f"entropy {record['entropy']:.3f} · searches {record['searches']:.2f} · valid {record['valid']:.3f} · "
-            f"{record['tokens_per_s']:.0f} tok/s" + (f" · dev EM {record['dev_em']:.3f}" if "dev_em" in record else ""),
-            highlight=False)
-        if step % cfg.save_every == 0 or step == cfg.max_steps:
-            save_checkpoint(out, step, policy.model, policy.tokenizer, optimizer, scheduler, cursor=cursor,
-                            config=cfg, keep_last=cfg.keep_last, extra={"average": average.state_dict()})
+            record = {"step": step, "reward": sum(s.value for s in scores) / len(scores), **group_stats(trajs, examples, scores),
+                      **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
+                      "tokens_per_s": sum(t.n_sampled_tokens for t in trajs) / (t1 - t0)}
+            if cfg.eval_every and step % cfg.eval_every == 0 and dev_set:
+                record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg)["em"]
+            traces.write([trajectory_record(t, ex, policy.tokenizer, step=step, reward=s.value, rewards=s.parts,
+                                            advantage=a) for t, ex, s, a in zip(trajs, examples, scores, adv.per_traj)])
+            append_jsonl(metrics_path, [record])
+            trackers.log(record, step)
+            kl = record.get("kl_ref", record["approx_kl"])  # to the reference when a KL term trains, else to the sampler
+            progress.console.print(
+                f"step {step:>4} · reward {record['reward']:.3f} · EM {record['em']:.3f} · KL {kl:.4f} · "
+                f"entropy {record['entropy']:.3f} · searches {record['searches']:.2f} · valid {record['valid']:.3f} · "
+                f"{record['tokens_per_s']:.0f} tok/s" + (f" · dev EM {record['dev_em']:.3f}" if "dev_em" in record else ""),
+                highlight=False)
+            progress.update(task, completed=step, description=f"grpo · reward {record['reward']:.3f} · EM {record['em']:.3f}")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                save_checkpoint(out, step, policy.model, policy.tokenizer, optimizer, scheduler, cursor=cursor,
+                                config=cfg, keep_last=cfg.keep_last, extra={"average": average.state_dict()})
 
     # -- the end: the final model and its held-out test EM against the warm start, curves ------
     averaged = average.count > 0
