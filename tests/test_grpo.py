@@ -470,3 +470,13 @@ def test_tis_on_the_bf16_sampler_logs_its_gap_and_bad_engines_are_refused(setup,
         main(args(setup, tiny_model_dir, setup / "bad-engine", 1) + ["--rollout_engine", "sglang"])
     with pytest.raises(ValueError, match="tis_cap must be >= 0"):
         main(args(setup, tiny_model_dir, setup / "bad-tis", 1) + ["--tis_cap", "-1"])
+
+
+def test_minibatches_split_a_pass_evenly():
+    from train.update import even_minibatches
+
+    sizes = lambda n, k: [len(mb) for mb in even_minibatches(torch.arange(n), k)]  # noqa: E731
+    assert sizes(83, 64) == [42, 41] and sizes(128, 64) == [64, 64] and sizes(5, 128) == [5] and sizes(0, 8) == []
+    assert torch.equal(torch.cat(even_minibatches(torch.tensor([4, 2, 0, 3, 1]), 2)), torch.tensor([4, 2, 0, 3, 1]))
+    with pytest.raises(ValueError, match="minibatch_rows must be >= 1"):
+        even_minibatches(torch.arange(3), 0)

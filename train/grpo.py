@@ -94,8 +94,8 @@ class GRPOConfig:
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
     updates_per_batch: int = doc("passes over each batch (PPO epochs)", 1)
-    minibatch_rows: int = doc("segments per optimizer step within a pass (distinct ones when identical rows "
-                                "are merged)", 128)
+    minibatch_rows: int = doc("most segments per optimizer step within a pass (distinct ones when identical rows "
+                                "are merged); a pass takes as few minibatches as that allows, sized alike", 128)
     skip_settled_groups: bool = doc(
         "give no advantage to a group whose samples all scored the same total reward (DAPO's dynamic sampling; "
         "its step rewards are dropped too) and, without KL or entropy terms, leave its rows out of the update: "

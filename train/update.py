@@ -115,8 +115,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.updates_per_batch if len(counts_B) else 0):
         perm = torch.randperm(len(counts_B), generator=gen).to(device)
-        for start in range(0, len(perm), cfg.minibatch_rows):
-            idx = perm[start : start + cfg.minibatch_rows]
+        for idx in even_minibatches(perm, cfg.minibatch_rows):
             mb = batch.rows(idx)
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, amp):
@@ -158,6 +157,15 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     out.setdefault("approx_kl", 0.0)
     out.setdefault("entropy", 0.0)
     return out
+
+
+def even_minibatches(perm_B: torch.Tensor, max_rows: int) -> tuple[torch.Tensor, ...]:
+    """`perm_B` in as few minibatches of at most `max_rows` as it takes, sized alike (83
+    rows at 64 make 42 + 41, not 64 + 19): each minibatch's loss is a mean, so a small
+    remainder would take a full optimizer step on a few rows' noise."""
+    if max_rows < 1:
+        raise ValueError(f"minibatch_rows must be >= 1, got {max_rows}")
+    return torch.tensor_split(perm_B, math.ceil(len(perm_B) / max_rows)) if len(perm_B) else ()
 
 
 def sampler_stats(sampler_B_T: torch.Tensor, trainer_B_T: torch.Tensor, weights_B_T: torch.Tensor,
