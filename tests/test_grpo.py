@@ -480,3 +480,11 @@ def test_minibatches_split_a_pass_evenly():
     assert torch.equal(torch.cat(even_minibatches(torch.tensor([4, 2, 0, 3, 1]), 2)), torch.tensor([4, 2, 0, 3, 1]))
     with pytest.raises(ValueError, match="minibatch_rows must be >= 1"):
         even_minibatches(torch.arange(3), 0)
+
+
+def test_periodic_dev_evaluation_is_logged_at_its_steps(setup, tiny_model_dir):
+    out = setup / "eval-every"
+    main(args(setup, tiny_model_dir, out, 2) + ["--eval_every", "2"])
+    rows = read_traces(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "dev_em" in r] == [0, 2]
+    assert all(0.0 <= r["dev_em"] <= 1.0 for r in rows if "dev_em" in r)

@@ -181,13 +181,21 @@ def make_rollout_engine(cfg: GRPOConfig, policy, model_path, engine: HFEngine):
     return vllm_engine
 
 
-def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig) -> dict:
+def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "eval", progress=None) -> dict:
+    """Greedy rollouts of `examples`, 128 at a time, summarised; shown as a task of
+    `progress` (the training loop's bar) or of a bar of its own."""
     from eval.metrics import summarize
 
     greedy = RolloutConfig(**{**asdict(rcfg), "temperature": 0.0, "seed": None})
     trajs = []
-    for i in range(0, len(examples), 128):
-        trajs += Rollout(engine, retriever, greedy)(examples[i : i + 128])
+    own = progress is None
+    progress = progress_bar() if own else progress
+    with progress if own else contextlib.nullcontext():
+        task = progress.add_task(f"greedy {name}", total=len(examples))
+        for i in range(0, len(examples), 128):
+            trajs += Rollout(engine, retriever, greedy)(examples[i : i + 128])
+            progress.advance(task, len(examples[i : i + 128]))
+        progress.remove_task(task)
     return summarize(trajs, examples)
 
 
@@ -247,11 +255,11 @@ def main(argv=None) -> dict:
         console.print(f"resumed from {resume} (step {step}; {dropped} lines after it dropped)")
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     elif test_set:
-        summary["test_before"] = greedy_eval(engine, retriever, test_set, rcfg)
+        summary["test_before"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         console.print(f"test EM before training: {summary['test_before']['em']:.3f}")
     if not resume and dev_set:
-        dev = greedy_eval(engine, retriever, dev_set, rcfg)
+        dev = greedy_eval(engine, retriever, dev_set, rcfg, "dev")
         append_jsonl(metrics_path, [{"step": 0, "dev_em": dev["em"]}])
         console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
@@ -283,7 +291,7 @@ def main(argv=None) -> dict:
                       **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
                       "tokens_per_s": sum(t.n_sampled_tokens for t in trajs) / (t1 - t0)}
             if cfg.eval_every and step % cfg.eval_every == 0 and dev_set:
-                record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg)["em"]
+                record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg, "dev", progress)["em"]
             traces.write([trajectory_record(t, ex, policy.tokenizer, step=step, reward=s.value, rewards=s.parts,
                                             advantage=a) for t, ex, s, a in zip(trajs, examples, scores, adv.per_traj)])
             append_jsonl(metrics_path, [record])
@@ -304,7 +312,7 @@ def main(argv=None) -> dict:
     with average.swapped_in() if averaged else contextlib.nullcontext():
         save_atomic(policy.model, policy.tokenizer, out / "final")
         if test_set and "test_after" not in summary:
-            summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg)
+            summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
