@@ -137,6 +137,14 @@ class GRPOConfig:
     resume: bool = doc("resume from the newest complete checkpoint in output_dir", True)
     seed: int = doc("seed of data order, rollouts and initialisation", 0)
 
+    def __post_init__(self):
+        if self.rollout_engine not in ("hf", "vllm"):
+            raise ValueError(f"rollout_engine must be hf or vllm, got {self.rollout_engine!r}")
+        if self.tis_cap is None:
+            self.tis_cap = 2.0 if self.rollout_engine == "vllm" else 0.0
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
+
 
 def lr_scheduler(optimizer, cfg):
     """Warmup then `cfg.lr_schedule` to max_steps, stepped once per step of questions."""
@@ -201,12 +209,6 @@ def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "e
 
 def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)
-    if cfg.rollout_engine not in ("hf", "vllm"):
-        raise ValueError(f"rollout_engine must be hf or vllm, got {cfg.rollout_engine!r}")
-    if cfg.tis_cap is None:
-        cfg.tis_cap = 2.0 if cfg.rollout_engine == "vllm" else 0.0
-    if cfg.tis_cap < 0:
-        raise ValueError(f"tis_cap must be >= 0 (0 = off), got {cfg.tis_cap}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     # ratio is taken against the trainer's own logprobs before this step, and each token is
     # weighted by min(pi_trainer / pi_sampler, cap). With one pass of one minibatch those are
     # the first forward's own values, detached (the weights have not moved yet): no extra pass.
-    tis_cap = getattr(cfg, "tis_cap", 0.0) or 0.0
+    tis_cap = cfg.tis_cap
     trainer_old_B_L = None
     if tis_cap and len(counts_B) and (cfg.updates_per_batch > 1 or len(counts_B) > cfg.minibatch_rows):
         with torch.no_grad(), autocast_to(device, amp):
