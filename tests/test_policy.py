@@ -73,3 +73,32 @@ def test_rollout_model_refuses_an_unknown_setting_and_shares_a_lora_model(tiny_m
         rollout_model(policy, "fp8")
     lora = load_policy(str(tiny_model_dir), lora_r=4, dtype="float32")
     assert rollout_model(lora, "bf16") is lora.model
+
+
+def test_lora_sampler_weights_are_the_merged_model(tiny_model_dir):
+    """What a separate sampler loads under LoRA: base + adapter delta, under plain model
+    names, giving the adapted model's logits; the trained base is left as it was."""
+    from transformers import AutoModelForCausalLM
+
+    from train.policy import load_policy, sampler_weights
+
+    policy = load_policy(tiny_model_dir, lora_r=4, dtype="float32")
+    with torch.no_grad():  # a trained adapter (peft starts B at 0, a delta of 0)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    base_before = {k: v.clone() for k, v in policy.model.get_base_model().state_dict().items() if "base_layer" in k}
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    weights = sampler_weights(policy)
+    assert set(weights) == set(plain.state_dict())
+    plain.load_state_dict(weights)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        adapted, merged = policy.model(input_ids=ids).logits, plain(input_ids=ids).logits
+        original = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged, original, atol=1e-3)  # the adapter does change the model
+    for k, v in policy.model.get_base_model().state_dict().items():
+        if k in base_before:
+            assert torch.equal(v, base_before[k]), k
+
