@@ -187,3 +187,24 @@ def test_save_atomic_replaces_the_model_directory_whole(tiny_model_dir, tmp_path
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(reloaded.state_dict(), model.state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["policy-sft"]  # no temporary left behind
+
+
+def test_saving_a_model_draws_no_transformers_bar_and_restores_the_setting(tiny_model_dir, tmp_path, capfd):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from train.checkpoint import save_atomic
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    capfd.readouterr()
+    model.save_pretrained(tmp_path / "plain")
+    assert "Writing model shards" in capfd.readouterr().err  # what save_atomic keeps off the console
+    save_atomic(model, tok, tmp_path / "quiet")
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        save_atomic(model, tok, tmp_path / "quiet-off")
+        assert not hf_logging.is_progress_bar_enabled()  # a user's choice to silence bars is kept
+    finally:
+        hf_logging.enable_progress_bar()

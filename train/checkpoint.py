@@ -33,6 +33,22 @@ def set_rng_state(state: dict) -> None:
 
 
 @contextlib.contextmanager
+def quiet_save():
+    """transformers draws a tqdm bar ("Writing model shards") for every model it writes, even
+    one local shard; among the trainer's own progress lines it is noise. Off while a model is
+    written, then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path):
     """A fresh temporary sibling of `final` to fill; it replaces `final` only when the block
     ends without an error, so a reader never sees a half-written directory."""
@@ -48,7 +64,7 @@ def save_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None
     """A model directory (HF weights and tokenizer, plus `extra` as training.json) written
     under a temporary name, then renamed into place."""
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, quiet_save():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if extra:
@@ -62,7 +78,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     further trainer state (such as a weight average) handed back by `load_trainer_state`."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final) as tmp, quiet_save():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save({

@@ -117,7 +117,10 @@ def save_model_dir(model, tokenizer, out_dir: str | Path) -> Path:
     """Save as a normal HF model directory (safetensors + tokenizer + chat template)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    from train.checkpoint import quiet_save
+
+    with quiet_save():
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
