@@ -190,6 +190,7 @@ def test_save_atomic_replaces_the_model_directory_whole(tiny_model_dir, tmp_path
 
 
 def test_saving_a_model_draws_no_transformers_bar_and_restores_the_setting(tiny_model_dir, tmp_path, capfd):
+    import huggingface_hub.utils as hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -208,3 +209,9 @@ def test_saving_a_model_draws_no_transformers_bar_and_restores_the_setting(tiny_
         assert not hf_logging.is_progress_bar_enabled()  # a user's choice to silence bars is kept
     finally:
         hf_logging.enable_progress_bar()
+    hub.disable_progress_bars()  # the hub's bars off, transformers' on: both kept
+    try:
+        save_atomic(model, tok, tmp_path / "hub-off")
+        assert hf_logging.is_progress_bar_enabled() and hub.are_progress_bars_disabled()
+    finally:
+        hub.enable_progress_bars()

@@ -37,15 +37,18 @@ def quiet_save():
     """transformers draws a tqdm bar ("Writing model shards") for every model it writes, even
     one local shard; among the trainer's own progress lines it is noise. Off while a model is
     written, then as it was."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # switches the hub's bars off too
     try:
         yield
     finally:
         if was_on:
             hf_logging.enable_progress_bar()
+        if hub_was_off:
+            disable_progress_bars()
 
 
 @contextlib.contextmanager
