@@ -114,15 +114,11 @@ def build_model(tokenizer, cfg: TinyModelConfig = TinyModelConfig(), seed: int =
 
 
 def save_model_dir(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save as a normal HF model directory (safetensors + tokenizer + chat template)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from train.checkpoint import quiet_save
+    """Save as a normal HF model directory (safetensors + tokenizer + chat template), written
+    as every model directory of the project is: `train.checkpoint.save_atomic`."""
+    from train.checkpoint import save_atomic
 
-    with quiet_save():
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_atomic(model, tokenizer, out_dir)
 
 
 def world_texts(world_dir: str | Path) -> Iterable[str]:
