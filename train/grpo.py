@@ -200,9 +200,11 @@ def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "e
     progress = progress_bar() if own else progress
     with progress if own else contextlib.nullcontext():
         task = progress.add_task(f"greedy {name}", total=len(examples))
+        rollout = Rollout(engine, retriever, greedy)
         for i in range(0, len(examples), 128):
-            trajs += Rollout(engine, retriever, greedy)(examples[i : i + 128])
-            progress.advance(task, len(examples[i : i + 128]))
+            chunk = examples[i : i + 128]
+            trajs += rollout(chunk)
+            progress.advance(task, len(chunk))
         progress.remove_task(task)
     return summarize(trajs, examples)
 
