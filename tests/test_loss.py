@@ -10,6 +10,7 @@ from train.loss import (
     entropy_bonus,
     entropy_from_logits,
     grads_are_finite,
+    high_entropy_mask,
     is_finite_step,
     kl_penalty,
     policy_loss,
@@ -142,6 +143,25 @@ def test_entropy_uniform_is_log_v_and_a_known_distribution():
     # Bonus: -coef * token mean = -.1 * (ln 7 over the 4 kept tokens).
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
     assert entropy_bonus(h, mask, coef=0.1).item() == pytest.approx(-0.1 * math.log(V), abs=1e-6)
+
+
+def test_high_entropy_mask_keeps_the_top_share_by_hand():
+    # Sampled entropies 0.1 0.5 0.9 | 0.7 0.2 0.4 (the 0.0 and 0.3 are masked out).
+    entropy = torch.tensor([[0.1, 0.5, 0.9, 0.0], [0.3, 0.7, 0.2, 0.4]])
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1.0]])
+    # 40% of 6 tokens is 2.4: the three highest, 0.9 0.7 0.5.
+    assert high_entropy_mask(entropy, mask, 0.4).tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+    assert high_entropy_mask(entropy, mask, 0.5).tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+    assert high_entropy_mask(entropy, mask, 0.1).tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
+    assert high_entropy_mask(entropy, mask, 1.0).tolist() == mask.tolist()
+    # Row 2 standing for 5 rows: 18 tokens, 40% is 7.2; 0.9 (1) 0.7 (6) 0.5 (7) 0.4 (12).
+    assert high_entropy_mask(entropy, mask, 0.4, torch.tensor([1.0, 5.0])).tolist() == [[0, 1, 1, 0], [0, 1, 0, 1]]
+    # A tie with the last kept token is kept too; a masked position never is, however high.
+    tied = torch.tensor([[0.5, 0.5, 0.5, 9.0]])
+    assert high_entropy_mask(tied, torch.tensor([[1, 1, 1, 0.0]]), 0.3).tolist() == [[1, 1, 1, 0]]
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="top_share"):
+            high_entropy_mask(entropy, mask, bad)
 
 
 def test_truncated_is_weights_cap_and_detach():

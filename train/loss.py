@@ -25,6 +25,7 @@ __all__ = [
     "entropy_bonus",
     "entropy_from_logits",
     "grads_are_finite",
+    "high_entropy_mask",
     "is_finite_step",
     "kl_penalty",
     "policy_loss",
@@ -175,6 +176,33 @@ def entropy_from_logits(logits_B_T_V: torch.Tensor, chunk_rows: int = 1024) -> t
         p_k_V = torch.exp(z_k_V - lse_k[:, None])
         out.append(lse_k - (p_k_V * z_k_V).sum(dim=-1))
     return torch.cat(out).reshape(B, T) if out else logits_B_T_V.new_zeros((B, T), dtype=torch.float32)
+
+
+def high_entropy_mask(entropy_B_T: torch.Tensor, mask_B_T: torch.Tensor, top_share: float,
+                      counts_B: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) float, 1 on the sampled tokens whose entropy is among the highest `top_share` of the batch's.
+
+    Wang et al. (2025, "Beyond the 80/20 rule") train the policy gradient on the high-entropy
+    "forking" tokens only (top_share 0.2): the tokens where the policy was unsure carry the
+    decisions; the low-entropy rest (copied names, fixed syntax) is left where it is. Kept
+    are the fewest highest-entropy tokens whose number reaches `top_share` of all sampled
+    tokens, and every token that ties with the last one; `counts_B` counts a merged row as
+    that many rows (`aggregate`). `top_share` 1 keeps every sampled token. Detached.
+    """
+    if not 0 < top_share <= 1:
+        raise ValueError(f"top_share must be in (0, 1], got {top_share}")
+    if entropy_B_T.shape != mask_B_T.shape:
+        raise ValueError(f"entropy {tuple(entropy_B_T.shape)} and mask {tuple(mask_B_T.shape)} differ")
+    keep_B_T = mask_B_T > 0
+    if top_share == 1 or not keep_B_T.any():
+        return keep_B_T.float()
+    weight_B_T = torch.ones_like(mask_B_T, dtype=torch.float32) if counts_B is None else \
+        counts_B.float()[:, None].expand(mask_B_T.shape)
+    values_K, weights_K = entropy_B_T.detach().float()[keep_B_T], weight_B_T[keep_B_T]
+    order_K = torch.argsort(values_K, descending=True, stable=True)
+    reached_K = weights_K[order_K].cumsum(0) >= top_share * weights_K.sum() - 1e-6
+    threshold = values_K[order_K][int(reached_K.nonzero()[0])]
+    return (keep_B_T & (entropy_B_T.detach().float() >= threshold)).float()
 
 
 def entropy_bonus(entropy_B_T: torch.Tensor, mask_B_T: torch.Tensor, coef: float, mode: str = "token_mean",
