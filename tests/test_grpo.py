@@ -7,6 +7,7 @@ import torch
 
 from agent.traces import read_traces
 from fakes import world_with_index
+from agent.rollout import RolloutConfig
 from train.grpo import main, next_questions
 
 
@@ -209,3 +210,28 @@ def test_periodic_dev_evaluation_is_logged_at_its_steps(setup, tiny_model_dir):
     rows = read_traces(out / "metrics.jsonl")
     assert [r["step"] for r in rows if "dev_em" in r] == [0, 2]
     assert all(0.0 <= r["dev_em"] <= 1.0 for r in rows if "dev_em" in r)
+
+
+def test_the_supervised_term_trains_on_the_oracles_demonstrations_of_each_steps_questions(setup, tiny_model_dir):
+    """`--sft_coef`: every step's update also fits the oracle's right answers to its questions
+    (none reading a held-out name), so a random model's cross-entropy on them falls."""
+    from eval.datasets import load_qa
+    from retrieval import open_retriever
+    from retrieval.corpus import load_corpus
+    from train.demos import held_out_names
+    from train.grpo import oracle_demos
+    from train.policy import load_policy
+
+    world = setup / "world"
+    questions = load_qa(world, "train")[:4]
+    corpus, held = load_corpus(world / "corpus.jsonl"), held_out_names(world)
+    tokenizer = load_policy(tiny_model_dir, need_reference=False).tokenizer
+    demos = oracle_demos(questions + questions[:1], open_retriever(setup / "bm25"), tokenizer,
+                         lambda d: corpus.passage(d).title, RolloutConfig(top_k=2), held, tokenizer.pad_token_id)
+    assert demos is not None and 1 <= demos.input_ids.shape[0] <= 4 * 4  # each question once, a segment or more
+    text = tokenizer.decode(demos.input_ids.flatten().tolist())
+    assert not any(name in text for name in held)
+    out = setup / "sft-term"
+    main(args(setup, tiny_model_dir, out, 4) + ["--sft_coef", "1.0", "--learning_rate", "3e-3", "--questions_per_step", "4"])
+    nll = [r["demo_nll"] for r in metrics(out)]
+    assert len(nll) == 4 and nll[-1] < nll[0] - 0.5, nll

@@ -262,3 +262,81 @@ def test_minibatches_split_a_pass_evenly():
     with pytest.raises(ValueError, match="minibatch_rows must be >= 1"):
         even_minibatches(torch.arange(3), 0)
 
+
+
+def test_the_policy_gradient_on_forking_tokens_only_is_the_update_with_the_rest_of_the_advantages_zeroed(tiny_model_dir):
+    """`entropy_top_share` < 1 trains the policy gradient on the highest-entropy tokens only:
+    the same weights as the full update of advantages zeroed on every other token (the KL
+    term and the token mean still cover every sampled token), and unlike the full update."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments, token_logprobs
+    from train.grpo import GRPOConfig
+    from train.loss import high_entropy_mask
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11, 12 + i], loss_mask=[1, 1, 0, 1, 1],
+                    logprobs=[-2.0, -1.5, 0.0, -3.0, -1.0]) for i in range(4)]
+    batch = collate_segments(segs, pad_id=0)
+    adv_B_T = torch.tensor([[0, 0, 0, a, a, 0, a, a] for a in (1.0, -0.5, 0.7, -1.2)])
+
+    def updated(adv, share):
+        policy = load_policy(tiny_model_dir, need_reference=True, dtype="float32")
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        cfg = GRPOConfig(entropy_top_share=share, kl_coef=0.1, autocast="none", learning_rate=1e-2, temperature=1.0)
+        with torch.no_grad():
+            _, entropy = token_logprobs(policy.model, batch, 1.0, with_entropy=True, only_loss=True)
+        optimizer = torch.optim.SGD(policy.model.parameters(), lr=cfg.learning_rate)
+        stats = policy_update(policy, Advantages(batch, adv, [0.0] * 4), cfg, optimizer, seed=0)
+        return torch.cat([p.detach().flatten() for p in policy.model.parameters()]), stats, entropy
+
+    forks_only, stats, entropy = updated(adv_B_T, 0.25)
+    forks = high_entropy_mask(entropy, batch.loss_mask, 0.25)
+    assert 0 < forks.sum() < batch.loss_mask.sum()
+    assert stats["pg_token_share"] == pytest.approx(float(forks.sum() / batch.loss_mask.sum()))
+    zeroed, stats_zeroed, _ = updated(adv_B_T * forks, 1.0)
+    everything, _, _ = updated(adv_B_T, 1.0)
+    torch.testing.assert_close(forks_only, zeroed)
+    assert stats["kl_ref"] == pytest.approx(stats_zeroed["kl_ref"])
+    assert not torch.allclose(forks_only, everything)
+    with pytest.raises(ValueError, match="entropy_top_share"):
+        GRPOConfig(entropy_top_share=0.0)
+
+
+def test_the_supervised_term_on_demonstrations_adds_its_gradient_to_the_step(tiny_model_dir):
+    """With no advantage and no KL term, an update with `sft_coef` and demonstrations is
+    one plain gradient step on sft_coef x their mean cross-entropy, and logs that value."""
+    import torch
+
+    from agent.types import Segment
+    from train.batching import collate_segments
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.sft import sft_losses
+    from train.update import Advantages, policy_update
+
+    segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
+                    logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in range(3)]
+    batch = collate_segments(segs, pad_id=0)
+    demos = collate_segments([Segment(context_ids=[5, 9], response_ids=[13, 14, 15], loss_mask=[1, 0, 1],
+                                      logprobs=[0.0] * 3), Segment(context_ids=[6], response_ids=[16, 17],
+                                                                  loss_mask=[1, 1], logprobs=[0.0] * 2)], pad_id=0)
+    cfg = GRPOConfig(sft_coef=0.5, kl_coef=0.0, autocast="none", temperature=1.0, max_grad_norm=1e9)
+    policy = load_policy(tiny_model_dir, need_reference=False, dtype="float32")
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    policy.model.zero_grad()
+    expected_nll = sft_losses(policy.model, demos)[0]
+    (0.5 * expected_nll).backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in policy.model.parameters()]
+    policy.model.zero_grad()
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.1)
+    stats = policy_update(policy, Advantages(batch, torch.zeros(batch.input_ids.shape), [0.0] * 3), cfg, optimizer,
+                          seed=0, demos=demos)
+    assert stats["demo_nll"] == pytest.approx(expected_nll.item(), rel=1e-5)
+    for p, p0, g in zip(policy.model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * g)
+    assert any(g.abs().sum() > 0 for g in grads)

@@ -92,6 +92,9 @@ class GRPOConfig:
                          "over 3 seeds against +2.1 with 0.1 (README); its reference forward is 11-12% of a step", 0.1)
     kl_estimator: str = doc("k1 | k2 | k3", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
+    entropy_top_share: float = doc("share of sampled tokens, the highest-entropy ones under the policy, that carry the "
+                                   "policy-gradient loss (Wang et al. 2025 train on 0.2); the KL and entropy terms "
+                                   "keep every token, and the loss is still averaged over all of them. 1 = all", 1.0)
     aggregation: str = doc("token_mean | seq_mean_token_mean | dr_grpo", "token_mean")
     updates_per_batch: int = doc("passes over each batch (PPO epochs)", 1)
     minibatch_rows: int = doc("most segments per optimizer step within a pass (distinct ones when identical rows "
@@ -108,6 +111,9 @@ class GRPOConfig:
         "train identical rows (same tokens, sampler logprobs and advantages: one trajectory sampled several times "
         "in a group) once, weighted by their count: the same loss and gradient for fewer forward and backward "
         "passes (41-46% fewer rows on the tiny default)", True)
+    sft_coef: float = doc("weight of a supervised term in every update: the mean cross-entropy of the scripted "
+                          "oracle's demonstrations of the step's questions (as PPO-ptx mixes in pretraining; needs "
+                          "data with reasoning chains, a generated world). 0 = pure RL", 0.0)
     max_grad_norm: float = doc("gradient clipping norm", 1.0)
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)
@@ -144,6 +150,8 @@ class GRPOConfig:
             self.tis_cap = 2.0 if self.rollout_engine == "vllm" else 0.0
         if self.tis_cap < 0:
             raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
+        if not 0 < self.entropy_top_share <= 1:
+            raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 
 
 def lr_scheduler(optimizer, cfg):
@@ -187,6 +195,27 @@ def make_rollout_engine(cfg: GRPOConfig, policy, model_path, engine: HFEngine):
                              gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     vllm_engine.update_weights(sampler_weights(policy))
     return vllm_engine
+
+
+def oracle_demos(questions, retriever, tokenizer, title_of, rcfg: RolloutConfig, held_out: set[str], pad_id: int):
+    """The oracle's right answers to `questions` as one training batch (None when there are
+    none), without any that reads a held-out entity's name, as the warm start's SFT. They
+    retrieve as the policy's rollouts do (`rcfg`'s passages and prompt), within the oracle's
+    own turn budgets (it writes whole actions)."""
+    from agent.oracle import OracleEngine
+    from rewards.outcome import exact_match
+    from train.batching import collate_segments
+    from train.demos import training_segments, without_names
+
+    unique = list({ex.id: ex for ex in questions}.values())
+    greedy = RolloutConfig(top_k=rcfg.top_k, max_doc_tokens=rcfg.max_doc_tokens, prompt_style=rcfg.prompt_style,
+                           temperature=0.0)
+    engine = OracleEngine(tokenizer, unique, title_of, prompt_style=rcfg.prompt_style)
+    trajs = Rollout(engine, retriever, greedy, tokenizer)(unique)
+    by_id = {ex.id: ex for ex in unique}
+    right = [t for t in trajs if exact_match(t.answer, by_id[t.example_id].answers)]
+    segments = training_segments(without_names(right, unique, held_out))
+    return collate_segments(segments, pad_id) if segments else None
 
 
 def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "eval", progress=None) -> dict:
@@ -233,6 +262,13 @@ def main(argv=None) -> dict:
     by_id = {ex.id: ex for ex in train_set}
     retriever = open_retriever(cfg.index)
     reward = build_reward(json.loads(cfg.rewards) if isinstance(cfg.rewards, str) else cfg.rewards)
+    demo_source = None
+    if cfg.sft_coef:
+        from retrieval.corpus import load_corpus
+        from train.demos import held_out_names
+
+        corpus = load_corpus(Path(cfg.data) / "corpus.jsonl")
+        demo_source = (lambda d: corpus.passage(d).title, held_out_names(cfg.data))
     resume = latest_checkpoint(out) if cfg.resume else None
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
@@ -281,8 +317,10 @@ def main(argv=None) -> dict:
             scores = reward(trajs, examples)
             t2 = time.perf_counter()
             adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
+            demos = oracle_demos(questions, retriever, policy.tokenizer, demo_source[0], rcfg, demo_source[1],
+                                 policy.tokenizer.pad_token_id) if demo_source else None
             lr = scheduler.get_last_lr()[0]
-            update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step)
+            update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step, demos=demos)
             scheduler.step()  # once per step of questions, however many minibatches it took
             if rollout_engine is not engine:  # the sampler holds its own copy of the weights
                 rollout_engine.update_weights(sampler_weights(policy))

@@ -16,8 +16,9 @@ from rewards.outcome import exact_match
 from train.advantages import (ADVANTAGE_ESTIMATORS, place_step_rewards, process_advantages, response_values_to_rows,
                               scale_negatives)
 from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, token_logprobs
-from train.loss import aggregate, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
+from train.loss import aggregate, high_entropy_mask, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
 from train.policy import autocast_dtype, autocast_to
+from train.sft import sft_losses
 
 
 @dataclass
@@ -74,8 +75,9 @@ def settled_groups(rewards: list[float], group_ids_N: torch.Tensor) -> torch.Ten
     return (hi_G == lo_G)[group_ids_N]
 
 
-def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
-    """`updates_per_batch` passes of minibatch steps on the clipped loss (+ KL, - entropy)."""
+def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: TokenBatch | None = None) -> dict:
+    """`updates_per_batch` passes of minibatch steps on the clipped loss (+ KL, - entropy,
+    + `cfg.sft_coef` x the mean cross-entropy of `demos`' sampled tokens in every step)."""
     model, batch = policy.model, adv.batch
     max_tokens = int(batch.attention_mask.sum(1).max())
     # Rows whose every advantage is 0 (a group whose samples all scored alike) add nothing
@@ -95,6 +97,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
     logs["rows_distinct"].append(len(counts_B) / max(len(keep_B), 1))
     device = next(model.parameters()).device
     batch, adv_B_T, counts_B = batch.to(device), adv_B_T.to(device), counts_B.to(device)
+    demos = demos.to(device) if demos is not None else None
     # The reference is frozen: its logprobs are computed once per batch, not once per pass.
     amp = autocast_dtype(cfg.autocast, device)
     started, ref_logprobs_B_L = time.perf_counter(), None
@@ -127,6 +130,10 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
                 for k, v in sampler_stats(old, trainer_old, is_weights, mask, tis_cap).items():
                     logs[k].append(v)
                 old = trainer_old
+            if cfg.entropy_top_share < 1:  # the policy gradient on the forking tokens only
+                forks = high_entropy_mask(entropy, mask, cfg.entropy_top_share, counts)
+                is_weights = forks if is_weights is None else is_weights * forks
+                logs["pg_token_share"].append(float((forks.sum(1) * counts).sum() / (mask.sum(1) * counts).sum().clamp(min=1)))
             loss, m = policy_loss(logprobs, old, adv_mb, mask, cfg.clip_low, cfg.clip_high, cfg.aggregation,
                                   max_tokens=max_tokens, is_weights_B_T=is_weights, counts_B=counts)
             entropy_mean = aggregate(entropy, mask, cfg.aggregation, max_tokens, counts)
@@ -137,6 +144,11 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int) -> dict:
                                max_tokens, counts)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
+            if demos is not None and cfg.sft_coef:
+                with autocast_to(device, amp):
+                    nll = sft_losses(model, demos)[0]
+                loss = loss + cfg.sft_coef * nll
+                logs["demo_nll"].append(nll.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for p in model.parameters() if p.requires_grad]
