@@ -22,21 +22,25 @@ console = Console(stderr=True)
 
 
 def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512):
-    """Oracle trajectories of `examples`, only the correctly answered ones."""
-    from agent.oracle import OracleEngine
-    from rewards.outcome import exact_match
-
-    kept, by_id = [], {ex.id: ex for ex in examples}
+    """Oracle trajectories of `examples`, only the correctly answered ones, with a progress bar."""
+    kept = []
     with progress_bar() as progress:
         task = progress.add_task("oracle demonstrations", total=len(examples))
         for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
-            engine = OracleEngine(tokenizer, batch, title_of, prompt_style=rcfg.prompt_style)
-            for traj in Rollout(engine, retriever, rcfg, tokenizer)(batch):
-                if exact_match(traj.answer, by_id[traj.example_id].answers):
-                    kept.append(traj)
-            progress.advance(task, len(batch))
+            kept += right_oracle_answers(examples[i : i + batch_size], retriever, tokenizer, title_of, rcfg)
+            progress.advance(task, len(examples[i : i + batch_size]))
     return kept
+
+
+def right_oracle_answers(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig) -> list[Trajectory]:
+    """The oracle's trajectories of `examples` (one rollout batch) that answer correctly."""
+    from agent.oracle import OracleEngine
+    from rewards.outcome import exact_match
+
+    by_id = {ex.id: ex for ex in examples}
+    engine = OracleEngine(tokenizer, examples, title_of, prompt_style=rcfg.prompt_style)
+    return [t for t in Rollout(engine, retriever, rcfg, tokenizer)(examples)
+            if exact_match(t.answer, by_id[t.example_id].answers)]
 
 
 def training_segments(trajs: list[Trajectory]) -> list[Segment]:

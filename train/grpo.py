@@ -202,18 +202,13 @@ def oracle_demos(questions, retriever, tokenizer, title_of, rcfg: RolloutConfig,
     none), without any that reads a held-out entity's name, as the warm start's SFT. They
     retrieve as the policy's rollouts do (`rcfg`'s passages and prompt), within the oracle's
     own turn budgets (it writes whole actions)."""
-    from agent.oracle import OracleEngine
-    from rewards.outcome import exact_match
     from train.batching import collate_segments
-    from train.demos import training_segments, without_names
+    from train.demos import right_oracle_answers, training_segments, without_names
 
     unique = list({ex.id: ex for ex in questions}.values())
     greedy = RolloutConfig(top_k=rcfg.top_k, max_doc_tokens=rcfg.max_doc_tokens, prompt_style=rcfg.prompt_style,
                            temperature=0.0)
-    engine = OracleEngine(tokenizer, unique, title_of, prompt_style=rcfg.prompt_style)
-    trajs = Rollout(engine, retriever, greedy, tokenizer)(unique)
-    by_id = {ex.id: ex for ex in unique}
-    right = [t for t in trajs if exact_match(t.answer, by_id[t.example_id].answers)]
+    right = right_oracle_answers(unique, retriever, tokenizer, title_of, greedy)
     segments = training_segments(without_names(right, unique, held_out))
     return collate_segments(segments, pad_id) if segments else None
 
