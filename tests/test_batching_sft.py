@@ -144,6 +144,31 @@ def test_autocast_setting():
         autocast_dtype("fp8", cpu)
 
 
+@pytest.mark.parametrize("flags, cap, kernels", [
+    ({"avx512_bf16", "amx_bf16"}, None, "amx"),
+    ({"avx512_bf16", "amx_bf16"}, "all", "amx"),
+    ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", "avx512_bf16"),
+    ({"avx512_bf16", "amx_bf16"}, "AVX2", "emulated"),
+    ({"avx512_bf16"}, None, "avx512_bf16"),
+    ({"avx512_bf16"}, "AVX512_CORE_AMX", "avx512_bf16"),
+    ({"avx2"}, None, "emulated"),
+    ({"avx512_bf16", "amx_bf16"}, "NOT_AN_ISA", "amx"),
+])
+def test_bf16_kernels_follow_cpu_flags_and_onednn_cap(monkeypatch, flags, cap, kernels):
+    import train.policy as policy
+
+    monkeypatch.setattr(policy, "_cpu_flags", lambda: flags)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert policy.cpu_bf16_kernels() == kernels
+    # autocast "auto" takes bf16 only where a kernel computes it natively
+    expected = None if kernels == "emulated" else torch.bfloat16
+    assert policy.autocast_dtype("auto", torch.device("cpu")) is expected
+    assert policy.machine()["bf16_kernels"] == kernels
+
+
 def test_context_term_trains_on_injected_text_and_is_logged(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

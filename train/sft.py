@@ -34,7 +34,7 @@ from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.policy import autocast_dtype, autocast_to
+from train.policy import autocast_dtype, autocast_to, machine
 
 console = Console(stderr=True)
 
@@ -310,7 +310,8 @@ def run(cfg: SFTConfig) -> dict:
         pretrain_history = pretrain(model, tokenizer, pretraining_texts(cfg), cfg)
     history = train_sft(model, tokenizer, segments, cfg, heldout)
     summary = {"recipe": TINY_RECIPE, "config": asdict(cfg), "demonstrations": len(demos), "segments": len(segments),
-               "train_seconds": round(time.perf_counter() - start, 1), "pretrain_history": pretrain_history, "history": history}
+               "train_seconds": round(time.perf_counter() - start, 1), "machine": machine(), "pretrain_history": pretrain_history,
+               "history": history}
     if cfg.eval_questions:
         summary["dev"] = evaluate_policy(model, tokenizer, cfg, retriever or open_retriever(cfg.index))
         console.print(f"dev EM {summary['dev']['em']:.3f} (n={summary['dev']['n']}) · valid actions {summary['dev']['valid_action_rate']:.3f}")
