@@ -164,6 +164,12 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
     sampler = out["bf16_sampler"]  # the bf16 copy's rollouts, and its logprobs against the trainer's
     assert sampler["float32_s"] > 0 and sampler["bf16_s"] > 0
     assert 0 < sampler["logprob_gap_mean"] <= sampler["logprob_gap_max"] < 1.0
+    assert out["trajectories"] == {"rolled out": 4, "trained on": 4}
+    # --oversample: twice the questions rolled out, the trainer's pick of their groups trained
+    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
+                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
+                 "--temperature", "1.0", "--steps", "1", "--oversample", "2"])
+    assert out["trajectories"] == {"rolled out": 8, "trained on": 4}
 
 
 def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_model_dir):
@@ -235,3 +241,42 @@ def test_the_supervised_term_trains_on_the_oracles_demonstrations_of_each_steps_
     main(args(setup, tiny_model_dir, out, 4) + ["--sft_coef", "1.0", "--learning_rate", "3e-3", "--questions_per_step", "4"])
     nll = [r["demo_nll"] for r in metrics(out)]
     assert len(nll) == 4 and nll[-1] < nll[0] - 0.5, nll
+
+
+def test_pick_groups_takes_groups_with_reward_variance_first_then_fills_with_settled_ones():
+    from agent.types import Trajectory
+    from rewards.base import Score
+    from train.grpo import pick_groups
+
+    # groups a (settled), b (mixed), c (settled), d (mixed): two samples each, in rollout order
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    values = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.2]
+    trajs = [Trajectory(f"q{g}", g, i % 2, []) for i, g in enumerate(groups)]
+    scores = [Score(v) for v in values]
+    assert pick_groups(trajs, scores, 2) == [2, 3, 6, 7]  # the two mixed groups
+    assert pick_groups(trajs, scores, 3) == [0, 1, 2, 3, 6, 7]  # + the first settled one, order kept
+    assert pick_groups(trajs, scores, 9) == list(range(8))
+
+
+def test_oversampled_steps_train_on_the_chosen_groups_and_trace_every_rollout(setup, tiny_model_dir):
+    out = setup / "oversample"
+    main(args(setup, tiny_model_dir, out, 2) + ["--oversample", "2"])
+    rows = metrics(out)
+    assert [r["groups_trained"] for r in rows] == [2, 2]
+    traces = read_traces(out / "traces.jsonl")
+    assert [t["step"] for t in traces] == [1] * 12 + [2] * 12  # 4 questions x 3 samples rolled out a step
+    for step in (1, 2):
+        trained = {t["group_id"] for t in traces if t["step"] == step and t["advantage"] is not None}
+        assert len(trained) == 2
+        # a group left out carries no advantage on any sample; a trained one on every sample
+        for g in {t["group_id"] for t in traces if t["step"] == step}:
+            assert len({t["advantage"] is None for t in traces if t["group_id"] == g}) == 1
+        # groups whose samples scored differently go first
+        by_group = {}
+        for t in traces:
+            if t["step"] == step:
+                by_group.setdefault(t["group_id"], []).append(t["reward"])
+        mixed = [g for g, r in by_group.items() if len(set(r)) > 1]
+        assert set(mixed[:2]) <= trained
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        main(args(setup, tiny_model_dir, setup / "oversample-bad", 1) + ["--oversample", "0.5"])

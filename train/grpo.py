@@ -45,7 +45,7 @@ from train.checkpoint import latest_checkpoint, load_trainer_state, save_atomic,
 from train.config import doc, parse_config
 from train.demos import progress_bar
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
-from train.policy import load_policy, rollout_model, sampler_weights
+from train.policy import load_policy, machine, rollout_model, sampler_weights
 from train.update import advantages_for, group_stats, policy_update
 
 console = Console(stderr=True)
@@ -99,6 +99,10 @@ class GRPOConfig:
     updates_per_batch: int = doc("passes over each batch (PPO epochs)", 1)
     minibatch_rows: int = doc("most segments per optimizer step within a pass (distinct ones when identical rows "
                                 "are merged); a pass takes as few minibatches as that allows, sized alike", 128)
+    oversample: float = doc(
+        "roll out questions_per_step x this many questions and train on questions_per_step of their groups, those "
+        "whose samples scored differently first, settled ones only to fill up (DAPO's dynamic sampling, from one "
+        "larger rollout); every rolled-out trajectory is still traced. 1 = train on every group", 1.0)
     skip_settled_groups: bool = doc(
         "give no advantage to a group whose samples all scored the same total reward (DAPO's dynamic sampling; "
         "its step rewards are dropped too) and, without KL or entropy terms, leave its rows out of the update: "
@@ -178,6 +182,19 @@ def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[lis
         if pos >= len(examples):
             epoch, pos = epoch + 1, 0
     return out, {"epoch": epoch, "pos": pos}
+
+
+def pick_groups(trajs: list, scores: list, n_groups: int) -> list[int]:
+    """Indices of the trajectories of `n_groups` groups, in rollout order: first the groups
+    whose samples scored different total rewards (they carry the policy gradient), then
+    settled ones (all samples alike) to fill up. Every sample of a kept group is kept."""
+    members: dict[str, list[int]] = {}
+    for i, t in enumerate(trajs):
+        members.setdefault(t.group_id, []).append(i)
+    informative = [g for g, idx in members.items() if len({scores[i].value for i in idx}) > 1]
+    settled = [g for g in members if g not in set(informative)]
+    kept = set((informative + settled)[:n_groups])
+    return [i for g, idx in members.items() if g in kept for i in idx]
 
 
 def make_rollout_engine(cfg: GRPOConfig, policy, model_path, engine: HFEngine):
@@ -299,18 +316,25 @@ def main(argv=None) -> dict:
         console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
     # -- the loop: rollout -> score -> advantages -> update -> log ------------------------------
+    if cfg.oversample < 1:
+        raise ValueError(f"oversample must be >= 1 (questions rolled out per question trained), got {cfg.oversample}")
+    n_rolled = math.ceil(cfg.questions_per_step * cfg.oversample)
     progress = progress_bar()
     task = progress.add_task("grpo", total=cfg.max_steps, completed=min(step, cfg.max_steps))
     with progress:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
-            questions, cursor = next_questions(train_set, cursor, cfg.questions_per_step, cfg.seed)
+            questions, cursor = next_questions(train_set, cursor, n_rolled, cfg.seed)
             rollout = Rollout(rollout_engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
-            trajs = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
-            examples = [by_id[t.example_id] for t in trajs]
+            rolled = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
+            rolled_examples = [by_id[t.example_id] for t in rolled]
             t1 = time.perf_counter()
-            scores = reward(trajs, examples)
+            rolled_scores = reward(rolled, rolled_examples)
             t2 = time.perf_counter()
+            kept = pick_groups(rolled, rolled_scores, cfg.questions_per_step) if n_rolled > cfg.questions_per_step \
+                else list(range(len(rolled)))
+            trajs, examples, scores = ([xs[i] for i in kept] for xs in (rolled, rolled_examples, rolled_scores))
+            questions = list({ex.id: ex for ex in examples}.values())
             adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
             demos = oracle_demos(questions, retriever, policy.tokenizer, demo_source[0], rcfg, demo_source[1],
                                  policy.tokenizer.pad_token_id) if demo_source else None
@@ -324,13 +348,18 @@ def main(argv=None) -> dict:
             if step > cfg.max_steps - cfg.average_last:
                 average.update()
 
-            record = {"step": step, "reward": sum(s.value for s in scores) / len(scores), **group_stats(trajs, examples, scores),
+            record = {"step": step, "reward": sum(s.value for s in rolled_scores) / len(rolled_scores),
+                      **group_stats(rolled, rolled_examples, rolled_scores),
                       **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
-                      "tokens_per_s": sum(t.n_sampled_tokens for t in trajs) / (t1 - t0)}
+                      "tokens_per_s": sum(t.n_sampled_tokens for t in rolled) / (t1 - t0)}
+            if n_rolled > cfg.questions_per_step:
+                record["groups_trained"] = len(questions)
             if cfg.eval_every and step % cfg.eval_every == 0 and dev_set:
                 record["dev_em"] = greedy_eval(engine, retriever, dev_set, rcfg, "dev", progress)["em"]
+            advantage = dict(zip(kept, adv.per_traj))  # a trajectory left out of the update has none
             traces.write([trajectory_record(t, ex, policy.tokenizer, step=step, reward=s.value, rewards=s.parts,
-                                            advantage=a) for t, ex, s, a in zip(trajs, examples, scores, adv.per_traj)])
+                                            advantage=advantage.get(i)) for i, (t, ex, s)
+                          in enumerate(zip(rolled, rolled_examples, rolled_scores))])
             append_jsonl(metrics_path, [record])
             trackers.log(record, step)
             kl = record.get("kl_ref", record["approx_kl"])  # to the reference when a KL term trains, else to the sampler
@@ -351,6 +380,7 @@ def main(argv=None) -> dict:
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count}
+    summary["machine"] = machine()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
         before, after = summary["test_before"]["em"], summary["test_after"]["em"]

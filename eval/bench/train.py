@@ -22,6 +22,7 @@ sampler's logprobs and the trainer's of the same tokens (the first pass's log-ra
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     from retrieval import open_retriever
     from rewards.registry import build_reward
     from train.config import parse_config
-    from train.grpo import GRPOConfig, next_questions
+    from train.grpo import GRPOConfig, next_questions, pick_groups
     from train.policy import load_policy, rollout_model
     from train.update import advantages_for, policy_update
 
@@ -67,9 +68,11 @@ def main(argv=None) -> dict:
     parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
                               "reference logprobs", "update", "trace records")}
     sampled = update_tokens = 0
+    counts = {"rolled out": 0, "trained on": 0}  # trajectories
     cursor = {"epoch": 0, "pos": 0}
+    n_rolled = math.ceil(cfg.questions_per_step * cfg.oversample)
     for step in range(steps):
-        questions, cursor = next_questions(train_set, cursor, cfg.questions_per_step, cfg.seed)
+        questions, cursor = next_questions(train_set, cursor, n_rolled, cfg.seed)
         g0, r0, t0 = engine.seconds, retriever.seconds, time.perf_counter()
         trajs = Rollout(engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": step}), policy.tokenizer)(questions, cfg.group_size)
         t1 = time.perf_counter()
@@ -79,22 +82,30 @@ def main(argv=None) -> dict:
         examples = [by_id[t.example_id] for t in trajs]
         scores = reward(trajs, examples)
         t2 = time.perf_counter()
+        if n_rolled > cfg.questions_per_step:  # --oversample: train on the groups the trainer picks
+            rolled_trajs, rolled_examples = trajs, examples
+            kept = pick_groups(trajs, scores, cfg.questions_per_step)
+            trajs, examples, scores = ([xs[i] for i in kept] for xs in (trajs, examples, scores))
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
         t3 = time.perf_counter()
         logged = policy_update(policy, adv, cfg, optimizer, seed=step)
         engine.update_weights(policy.model)
         t4 = time.perf_counter()
-        [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(trajs, examples)]
+        traced = (rolled_trajs, rolled_examples) if n_rolled > cfg.questions_per_step else (trajs, examples)
+        [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(*traced)]
         t5 = time.perf_counter()
         parts["rewards"] += t2 - t1
         parts["advantages"] += t3 - t2
         parts["reference logprobs"] += logged["reference_s"]
         parts["update"] += t4 - t3 - logged["reference_s"]
         parts["trace records"] += t5 - t4
-        sampled += sum(t.n_sampled_tokens for t in trajs)
+        sampled += sum(t.n_sampled_tokens for t in traced[0])
+        counts["rolled out"] += len(traced[0])
+        counts["trained on"] += len(trajs)
         update_tokens += adv.batch.n_tokens
     total = sum(parts.values())
-    table = Table(title=f"{steps} GRPO steps · {cfg.questions_per_step} questions x {cfg.group_size} samples · {cfg.model}")
+    rolled = f" (of {n_rolled} rolled out)" if n_rolled > cfg.questions_per_step else ""
+    table = Table(title=f"{steps} GRPO steps · {cfg.questions_per_step} questions{rolled} x {cfg.group_size} samples · {cfg.model}")
     for col in ("part", "seconds/step", "share", "tokens/s"):
         table.add_column(col, justify="right")
     for name, sec in parts.items():
@@ -108,7 +119,7 @@ def main(argv=None) -> dict:
     amp = bf16_against_float32(policy.model, adv.batch, cfg.temperature)
     merged = merged_against_whole(policy, adv, cfg)
     sampling = bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg)
-    return {**{k: v / steps for k, v in parts.items()}, "head": head, "bf16": amp, "merge": merged,
+    return {**{k: v / steps for k, v in parts.items()}, "trajectories": counts, "head": head, "bf16": amp, "merge": merged,
             "bf16_sampler": sampling}
 
 
