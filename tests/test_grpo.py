@@ -20,7 +20,8 @@ def args(setup, tiny_model_dir, out, steps):
     return ["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
             "--output_dir", str(out), "--max_steps", str(steps), "--questions_per_step", "2", "--group_size", "3",
             "--max_turns", "2", "--max_new_tokens", "6", "--eval_every", "0", "--eval_questions", "3",
-            "--test_questions", "3", "--save_every", "1", "--learning_rate", "1e-3", "--temperature", "1.0"]
+            "--test_questions", "3", "--save_every", "1", "--learning_rate", "1e-3", "--temperature", "1.0",
+            "--oversample", "1"]
 
 
 def metrics(out):
@@ -154,7 +155,7 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
 
     out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
                  "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
-                 "--temperature", "1.0", "--kl_coef", "0.1", "--steps", "1"])
+                 "--temperature", "1.0", "--kl_coef", "0.1", "--steps", "1", "--oversample", "1"])
     parts = ("generation", "retrieval", "reference logprobs", "update", "rewards", "advantages", "trace records")
     assert all(out[p] >= 0 for p in parts) and out["generation"] > 0 and out["update"] > 0
     assert out["reference logprobs"] > 0  # the KL term's reference forward

@@ -44,7 +44,8 @@ def test_vllm_rollouts_sample_the_weights_of_the_last_update(setup, lora_r):
           "--output_dir", str(out), "--max_steps", "2", "--questions_per_step", "2", "--group_size", "3",
           "--max_turns", "2", "--max_new_tokens", "6", "--eval_questions", "0", "--test_questions", "0",
           "--save_every", "1", "--learning_rate", "3e-2", "--temperature", "1.0", "--entropy_coef", "0.01",
-          "--kl_coef", "0", "--autocast", "none", "--rollout_engine", "vllm", "--lora_r", str(lora_r)])
+          "--kl_coef", "0", "--autocast", "none", "--rollout_engine", "vllm", "--lora_r", str(lora_r),
+          "--oversample", "1"])
     gc.collect()  # the run's vLLM engine and its workers
     rows = [r for r in read_traces(out / "metrics.jsonl") if r["step"] > 0]
     assert [r["step"] for r in rows] == [1, 2]

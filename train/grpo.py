@@ -60,8 +60,8 @@ class GRPOConfig:
     data: str = doc("generated world directory (train/dev/test.jsonl, corpus.jsonl) or a QA directory", "data/world-0")
     index: str = doc("retrieval index directory (retrieval.build) or server URL", "indexes/world-0")
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl and plots", "outputs/grpo")
-    max_steps: int = doc("optimizer steps (batches of questions)", 50)
-    questions_per_step: int = doc("questions rolled out per step", 32)
+    max_steps: int = doc("optimizer steps (batches of questions)", 40)
+    questions_per_step: int = doc("questions trained on per step (rolled out: this x oversample)", 24)
     group_size: int = doc("samples per question (the GRPO group). On the tiny default, 32 questions x 4 "
                           "raised test EM on every seed (+2.4 to +3.6) where 16 x 8 moved it by -0.2 to "
                           "+3.6, for 1.09x the time a step", 4)
@@ -102,7 +102,9 @@ class GRPOConfig:
     oversample: float = doc(
         "roll out questions_per_step x this many questions and train on questions_per_step of their groups, those "
         "whose samples scored differently first, settled ones only to fill up (DAPO's dynamic sampling, from one "
-        "larger rollout); every rolled-out trajectory is still traced. 1 = train on every group", 1.0)
+        "larger rollout); every rolled-out trajectory is still traced. 1 = train on every group. On the tiny "
+        "default, 24 of 48 over 40 steps gained +3.1 test EM over 3 seeds (every seed), where 32 of 32 over 50 steps, "
+        "in about the same time, gained +1.3 (README)", 2.0)
     skip_settled_groups: bool = doc(
         "give no advantage to a group whose samples all scored the same total reward (DAPO's dynamic sampling; "
         "its step rewards are dropped too) and, without KL or entropy terms, leave its rows out of the update: "
