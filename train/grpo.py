@@ -8,7 +8,8 @@ model (or, where the hardware computes bf16, a bf16 copy of it synced by one wei
 per step: `--rollout_dtype`) or an in-process vLLM engine loaded with the trained weights
 after every update (`--rollout_engine vllm`, with truncated importance sampling:
 `--tis_cap`), one batch of questions per step rolled out with a GRPO group
-of samples each, scored by the reward spec, turned into token-level advantages
+of samples each (twice the questions trained on by default, the groups whose samples
+scored differently kept first: `--oversample`), scored by the reward spec, turned into token-level advantages
 (`train.advantages`) and used for `updates_per_batch` passes of the clipped loss
 (`train.loss`). Old logprobs are the sampler's: the engine reports them at the sampling
 temperature, as `token_logprobs` recomputes them, so the first pass starts at ratio 1 up
@@ -193,9 +194,9 @@ def pick_groups(trajs: list, scores: list, n_groups: int) -> list[int]:
     members: dict[str, list[int]] = {}
     for i, t in enumerate(trajs):
         members.setdefault(t.group_id, []).append(i)
-    informative = [g for g, idx in members.items() if len({scores[i].value for i in idx}) > 1]
-    settled = [g for g in members if g not in set(informative)]
-    kept = set((informative + settled)[:n_groups])
+    spread = {g: len({scores[i].value for i in idx}) > 1 for g, idx in members.items()}
+    ranked = [g for g in members if spread[g]] + [g for g in members if not spread[g]]
+    kept = set(ranked[:n_groups])
     return [i for g, idx in members.items() if g in kept for i in idx]
 
 
