@@ -188,16 +188,16 @@ def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[lis
 
 
 def pick_groups(trajs: list, scores: list, n_groups: int) -> list[int]:
-    """Indices of the trajectories of `n_groups` groups, in rollout order: first the groups
+    """Indices, in rollout order, of the trajectories of `n_groups` groups: first the groups
     whose samples scored different total rewards (they carry the policy gradient), then
-    settled ones (all samples alike) to fill up. Every sample of a kept group is kept."""
-    members: dict[str, list[int]] = {}
-    for i, t in enumerate(trajs):
-        members.setdefault(t.group_id, []).append(i)
-    spread = {g: len({scores[i].value for i in idx}) > 1 for g, idx in members.items()}
-    ranked = [g for g in members if spread[g]] + [g for g in members if not spread[g]]
+    settled ones (all samples alike) to fill up; every index when there are no more groups
+    than that. Every sample of a kept group is kept."""
+    values: dict[str, set[float]] = {}
+    for t, s in zip(trajs, scores):
+        values.setdefault(t.group_id, set()).add(s.value)
+    ranked = [g for g, v in values.items() if len(v) > 1] + [g for g, v in values.items() if len(v) == 1]
     kept = set(ranked[:n_groups])
-    return [i for g, idx in members.items() if g in kept for i in idx]
+    return [i for i, t in enumerate(trajs) if t.group_id in kept]
 
 
 def make_rollout_engine(cfg: GRPOConfig, policy, model_path, engine: HFEngine):
@@ -334,8 +334,7 @@ def main(argv=None) -> dict:
             t1 = time.perf_counter()
             rolled_scores = reward(rolled, rolled_examples)
             t2 = time.perf_counter()
-            kept = pick_groups(rolled, rolled_scores, cfg.questions_per_step) if n_rolled > cfg.questions_per_step \
-                else list(range(len(rolled)))
+            kept = pick_groups(rolled, rolled_scores, cfg.questions_per_step)
             trajs, examples, scores = ([xs[i] for i in kept] for xs in (rolled, rolled_examples, rolled_scores))
             questions = list({ex.id: ex for ex in examples}.values())
             adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)

@@ -82,25 +82,23 @@ def main(argv=None) -> dict:
         examples = [by_id[t.example_id] for t in trajs]
         scores = reward(trajs, examples)
         t2 = time.perf_counter()
-        if n_rolled > cfg.questions_per_step:  # --oversample: train on the groups the trainer picks
-            rolled_trajs, rolled_examples = trajs, examples
-            kept = pick_groups(trajs, scores, cfg.questions_per_step)
-            trajs, examples, scores = ([xs[i] for i in kept] for xs in (trajs, examples, scores))
+        rolled, rolled_examples = trajs, examples  # --oversample: the update trains the groups the trainer picks
+        kept = pick_groups(trajs, scores, cfg.questions_per_step)
+        trajs, scores = [rolled[i] for i in kept], [scores[i] for i in kept]
         adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
         t3 = time.perf_counter()
         logged = policy_update(policy, adv, cfg, optimizer, seed=step)
         engine.update_weights(policy.model)
         t4 = time.perf_counter()
-        traced = (rolled_trajs, rolled_examples) if n_rolled > cfg.questions_per_step else (trajs, examples)
-        [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(*traced)]
+        [json.dumps(trajectory_record(t, ex, policy.tokenizer, step=step)) for t, ex in zip(rolled, rolled_examples)]
         t5 = time.perf_counter()
         parts["rewards"] += t2 - t1
         parts["advantages"] += t3 - t2
         parts["reference logprobs"] += logged["reference_s"]
         parts["update"] += t4 - t3 - logged["reference_s"]
         parts["trace records"] += t5 - t4
-        sampled += sum(t.n_sampled_tokens for t in traced[0])
-        counts["rolled out"] += len(traced[0])
+        sampled += sum(t.n_sampled_tokens for t in rolled)
+        counts["rolled out"] += len(rolled)
         counts["trained on"] += len(trajs)
         update_tokens += adv.batch.n_tokens
     total = sum(parts.values())
