@@ -40,6 +40,50 @@ def test_rollout_logprobs_match_trainer_forward(model_and_engine, temperature):
             assert not recomputed[~mask].any()
 
 
+def test_exact_kl_over_the_vocabulary_matches_the_full_softmax(tiny_model_dir):
+    """`kl_to` gives sum_v p log(p / q) at every trained position (0 elsewhere), for any
+    chunking and for a subset of rows, with gradients; 0 against its own distributions."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from agent.types import Segment
+
+    torch.manual_seed(0)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    segs = []
+    for i in range(5):  # rows of different lengths, injected tokens between sampled ones
+        ids = torch.randint(5, 200, (20 + 7 * i,)).tolist()
+        segs.append(Segment(context_ids=ids[:8], response_ids=ids[8:], loss_mask=[int(j % 3 > 0) for j in range(len(ids) - 8)],
+                            logprobs=[0.0] * (len(ids) - 8)))
+    batch = collate_segments(segs, pad_id=0)
+    T = 0.7
+    with torch.no_grad():
+        ref_logprobs, dists = token_logprobs(ref, batch, T, only_loss=True, with_dist=True, chunk=2)
+        zp = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1] / T
+        zq = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1] / T
+        want = (zp.softmax(-1) * (zp.log_softmax(-1) - zq.log_softmax(-1))).sum(-1)
+        want = torch.nn.functional.pad(want, (1, 0)) * batch.loss_mask
+    assert dists.logp_K_V.shape == (int(batch.loss_mask.sum()), zq.shape[-1])
+    assert torch.allclose(ref_logprobs, token_logprobs(ref, batch, T, only_loss=True), atol=1e-6)
+    logprobs, kl = token_logprobs(model, batch, T, only_loss=True, kl_to=dists, chunk=3)
+    assert float(want.max()) > 1e-3 and torch.allclose(kl, want, atol=1e-5)
+    idx = torch.tensor([3, 1])
+    _, kl_rows = token_logprobs(model, batch.rows(idx), T, only_loss=True, kl_to=dists.rows(idx))
+    assert torch.allclose(kl_rows, want[idx][:, : kl_rows.shape[1]], atol=1e-5)
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        _, self_kl = token_logprobs(ref, batch, T, only_loss=True, kl_to=dists)
+    assert float(self_kl.abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="only_loss"):
+        token_logprobs(ref, batch, T, with_dist=True)
+
+
 def test_greedy_rollout_is_deterministic_and_seeded_sampling_reproduces(model_and_engine):
     _, engine = model_and_engine
     examples = [Example("a", "Where was Orin Kael born?", ["Velmora"])]

@@ -75,7 +75,30 @@ def test_identical_rows_trained_once_give_the_update_of_the_whole_batch(tiny_mod
 
 
 
-def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
+def test_exact_kl_refuses_a_vocabulary_too_large_to_hold_and_unknown_estimators_are_refused(tiny_model_dir, monkeypatch):
+    import torch
+
+    import train.update
+    from agent.types import Segment
+    from train.batching import collate_segments
+    from train.grpo import GRPOConfig
+    from train.policy import load_policy
+    from train.update import Advantages, policy_update
+
+    with pytest.raises(ValueError, match="kl_estimator must be one of k1, k2, k3, full; got 'k4'"):
+        GRPOConfig(kl_estimator="k4")
+    policy = load_policy(tiny_model_dir, need_reference=True, dtype="float32")
+    segs = [Segment(context_ids=[5, 6], response_ids=[8, 9, 10], loss_mask=[1, 0, 1], logprobs=[-2.0, 0.0, -3.0])]
+    batch = collate_segments(segs, pad_id=0)
+    monkeypatch.setattr(train.update, "FULL_KL_MAX_BYTES", 1000)  # 2 positions x the vocabulary x 4 bytes is more
+    cfg = GRPOConfig(kl_coef=0.1, kl_estimator="full")
+    with pytest.raises(ValueError, match="2 trained positions x .* use k3"):
+        policy_update(policy, Advantages(batch, torch.zeros(batch.input_ids.shape), [0.0]), cfg,
+                      torch.optim.SGD(policy.model.parameters(), lr=0.0), seed=0)
+
+
+@pytest.mark.parametrize("estimator", ["k3", "full"])
+def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir, estimator):
     """With no advantage at all, the update is the KL term's alone: it shrinks the KL."""
     import torch
 
@@ -93,7 +116,7 @@ def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
     segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
                     logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in range(4)]
     batch = collate_segments(segs, pad_id=0)
-    cfg = GRPOConfig(kl_coef=1.0, skip_zero_advantage=True, temperature=1.0)
+    cfg = GRPOConfig(kl_coef=1.0, kl_estimator=estimator, skip_zero_advantage=True, temperature=1.0)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.02)  # small plain gradient steps
     advantages = Advantages(batch, torch.zeros(batch.input_ids.shape), [0.0] * len(segs))
     kls = []
@@ -102,7 +125,9 @@ def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir):
         kls.append(stats["kl_ref"])
         assert stats["rows_trained"] == 1.0  # rows are not skipped while a KL term trains them
         assert stats["reference_s"] > 0
-    assert kls[0] > 0 and all(b < a for a, b in zip(kls, kls[1:])) and kls[-1] < 0.5 * kls[0], kls
+    # k3 on the batch's fixed tokens moves them fast; the exact KL's gradient spreads over the vocabulary
+    shrink = {"k3": 0.5, "full": 0.8}[estimator]
+    assert kls[0] > 0 and all(b < a for a, b in zip(kls, kls[1:])) and kls[-1] < shrink * kls[0], kls
 
 
 

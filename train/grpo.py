@@ -45,6 +45,7 @@ from train.averaging import WeightAverage
 from train.checkpoint import latest_checkpoint, load_trainer_state, save_atomic, save_checkpoint
 from train.config import doc, parse_config
 from train.demos import progress_bar
+from train.loss import KL_ESTIMATORS
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
 from train.policy import load_policy, machine, rollout_model, sampler_weights
 from train.update import advantages_for, group_stats, policy_update
@@ -91,7 +92,8 @@ class GRPOConfig:
                          "runs turned 24-34% of them wrong on test (7-23% with 0.1) while winning 14-15% of its "
                          "wrong ones (7-12%), and 16 x 8 samples with float32 rollouts gained +1.3 test EM points "
                          "over 3 seeds against +2.1 with 0.1 (README); its reference forward is 11-12% of a step", 0.1)
-    kl_estimator: str = doc("k1 | k2 | k3", "k3")
+    kl_estimator: str = doc("k1 | k2 | k3 (estimates from the sampled token) | full (exact, over the vocabulary at each "
+                            "trained position; holds the reference's distributions there: for small vocabularies)", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
     entropy_top_share: float = doc("share of sampled tokens, the highest-entropy ones under the policy, that carry the "
                                    "policy-gradient loss (Wang et al. 2025 train on 0.2); the KL and entropy terms "
@@ -157,6 +159,8 @@ class GRPOConfig:
             self.tis_cap = 2.0 if self.rollout_engine == "vllm" else 0.0
         if self.tis_cap < 0:
             raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
+        if self.kl_estimator not in (*KL_ESTIMATORS, "full"):
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, full; got {self.kl_estimator!r}")
         if not 0 < self.entropy_top_share <= 1:
             raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 

@@ -21,6 +21,9 @@ from train.policy import autocast_dtype, autocast_to
 from train.sft import sft_losses
 
 
+FULL_KL_MAX_BYTES = 4 * 2**30  # kl_estimator=full: the most the reference's kept distributions may take
+
+
 @dataclass
 class Advantages:
     batch: TokenBatch  # one row per segment, trajectory by trajectory
@@ -100,10 +103,20 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
     demos = demos.to(device) if demos is not None else None
     # The reference is frozen: its logprobs are computed once per batch, not once per pass.
     amp = autocast_dtype(cfg.autocast, device)
-    started, ref_logprobs_B_L = time.perf_counter(), None
+    started, ref_logprobs_B_L, ref_dists = time.perf_counter(), None, None
+    full_kl = cfg.kl_estimator == "full"  # exact KL over the vocabulary: the reference's distributions are kept
+    if cfg.kl_coef and full_kl:
+        held = int(batch.loss_mask.sum()) * model.config.vocab_size * 4
+        if held > FULL_KL_MAX_BYTES:
+            raise ValueError(f"kl_estimator=full would hold the reference's distributions at {int(batch.loss_mask.sum())} "
+                             f"trained positions x {model.config.vocab_size} tokens ({held / 2**30:.1f} GiB); "
+                             f"use k3 for a vocabulary this large")
     if cfg.kl_coef:
         with torch.no_grad(), policy.as_reference() as ref, autocast_to(device, amp):
-            ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
+            if full_kl:
+                ref_logprobs_B_L, ref_dists = token_logprobs(ref, batch, cfg.temperature, only_loss=True, with_dist=True)
+            else:
+                ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
     model.train()
     # Truncated importance sampling (the sampler is not the trainer: vLLM, a bf16 copy): the
@@ -122,7 +135,11 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
             mb = batch.rows(idx)
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, amp):
-                logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
+                if cfg.kl_coef and full_kl:
+                    logprobs, entropy, kl_B_T = token_logprobs(model, mb, cfg.temperature, with_entropy=True,
+                                                               only_loss=True, kl_to=ref_dists.rows(idx))
+                else:
+                    logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
             old, is_weights = mb.old_logprobs, None
             if tis_cap:
                 trainer_old = logprobs.detach() if trainer_old_B_L is None else trainer_old_B_L[idx]
@@ -140,8 +157,9 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
             if cfg.kl_coef:
-                kl = aggregate(kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator), mask, cfg.aggregation,
-                               max_tokens, counts)
+                if not full_kl:
+                    kl_B_T = kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator)
+                kl = aggregate(kl_B_T, mask, cfg.aggregation, max_tokens, counts)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
             if demos is not None and cfg.sft_coef:
