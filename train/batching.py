@@ -132,13 +132,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
             values.append(lse_k - (torch.softmax(logits_k_V, dim=-1) * logits_k_V).sum(-1))
         if with_dist or kl_to is not None:
             logp_k_V = logits_k_V - lse_k.unsqueeze(-1)
+            rows_cpu_b = rows_b.cpu()  # the kept distributions' index lives on the CPU
         if with_dist:
             dists.append(logp_k_V.detach())
-            b_k, t_k = keep_b_m.nonzero(as_tuple=True)
-            index_B_L[rows_b.cpu()[b_k.cpu()], t_k.cpu() + 1] = torch.arange(n_kept, n_kept + len(b_k))
+            b_k, t_k = keep_b_m.cpu().nonzero(as_tuple=True)
+            index_B_L[rows_cpu_b[b_k], t_k + 1] = torch.arange(n_kept, n_kept + len(b_k))
             n_kept += len(b_k)
         if kl_to is not None:
-            ref_k_V = kl_to.logp_K_V[kl_to.index_B_L[rows_b.cpu(), 1:n][keep_b_m.cpu()]].to(logp_k_V.device)
+            ref_k_V = kl_to.logp_K_V[kl_to.index_B_L[rows_cpu_b, 1:n][keep_b_m.cpu()]].to(logp_k_V.device)
             values.append((logp_k_V.exp() * (logp_k_V - ref_k_V)).sum(-1))
         if split is not None:  # scatter back onto the (b, n - 1) grid
             values = [v.new_zeros(keep_b_m.shape).masked_scatter(keep_b_m, v) for v in values]

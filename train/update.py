@@ -106,15 +106,16 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
     started, ref_logprobs_B_L, ref_dists = time.perf_counter(), None, None
     full_kl = cfg.kl_estimator == "full"  # exact KL over the vocabulary: the reference's distributions are kept
     if cfg.kl_coef and full_kl:
-        held = int(batch.loss_mask.sum()) * model.config.vocab_size * 4
+        positions = int(batch.loss_mask.sum())
+        held = positions * model.config.vocab_size * 4
         if held > FULL_KL_MAX_BYTES:
-            raise ValueError(f"kl_estimator=full would hold the reference's distributions at {int(batch.loss_mask.sum())} "
+            raise ValueError(f"kl_estimator=full would hold the reference's distributions at {positions} "
                              f"trained positions x {model.config.vocab_size} tokens ({held / 2**30:.1f} GiB); "
                              f"use k3 for a vocabulary this large")
     if cfg.kl_coef:
         with torch.no_grad(), policy.as_reference() as ref, autocast_to(device, amp):
-            if full_kl:
-                ref_logprobs_B_L, ref_dists = token_logprobs(ref, batch, cfg.temperature, only_loss=True, with_dist=True)
+            if full_kl:  # the whole distributions at the trained positions, not only the sampled tokens' logprobs
+                _, ref_dists = token_logprobs(ref, batch, cfg.temperature, only_loss=True, with_dist=True)
             else:
                 ref_logprobs_B_L = token_logprobs(ref, batch, cfg.temperature, only_loss=True)
     reference_s = time.perf_counter() - started
@@ -134,12 +135,10 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
         for idx in even_minibatches(perm, cfg.minibatch_rows):
             mb = batch.rows(idx)
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
-            with autocast_to(device, amp):
-                if cfg.kl_coef and full_kl:
-                    logprobs, entropy, kl_B_T = token_logprobs(model, mb, cfg.temperature, with_entropy=True,
-                                                               only_loss=True, kl_to=ref_dists.rows(idx))
-                else:
-                    logprobs, entropy = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True)
+            with autocast_to(device, amp):  # with ref_dists, also the exact KL to the reference
+                forward = token_logprobs(model, mb, cfg.temperature, with_entropy=True, only_loss=True,
+                                         kl_to=ref_dists.rows(idx) if ref_dists is not None else None)
+            logprobs, entropy = forward[:2]
             old, is_weights = mb.old_logprobs, None
             if tis_cap:
                 trainer_old = logprobs.detach() if trainer_old_B_L is None else trainer_old_B_L[idx]
@@ -157,8 +156,7 @@ def policy_update(policy, adv: Advantages, cfg, optimizer, seed: int, demos: Tok
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy_mean
             if cfg.kl_coef:
-                if not full_kl:
-                    kl_B_T = kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator)
+                kl_B_T = forward[2] if ref_dists is not None else kl_penalty(logprobs, ref_logprobs_B_L[idx], cfg.kl_estimator)
                 kl = aggregate(kl_B_T, mask, cfg.aggregation, max_tokens, counts)
                 loss = loss + cfg.kl_coef * kl
                 logs["kl_ref"].append(kl.item())
