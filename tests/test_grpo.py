@@ -1,5 +1,6 @@
 """The GRPO entry point end to end on a small world with a random tiny model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -281,3 +282,46 @@ def test_oversampled_steps_train_on_the_chosen_groups_and_trace_every_rollout(se
         assert set(mixed[:2]) <= trained
     with pytest.raises(ValueError, match="oversample must be >= 1"):
         main(args(setup, tiny_model_dir, setup / "oversample-bad", 1) + ["--oversample", "0.5"])
+
+
+def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stays(setup, tiny_model_dir, monkeypatch):
+    import retrieval
+    import train.grpo as grpo
+    from eval.datasets import load_qa
+    from train.demos import held_out_names
+    from train.grpo import without_held_out
+
+    other = world_with_index(setup, seed=7, entities=300, method="bm25", world_name="other", index_name="other-bm25")
+    opened, used = {}, []  # index path -> retriever; (retriever, temperature) of every Rollout built
+    real_open, real_rollout = retrieval.open_retriever, grpo.Rollout
+
+    def open_recorded(path, *a, **k):
+        opened[str(path)] = real_open(path, *a, **k)
+        return opened[str(path)]
+
+    class RecordedRollout(real_rollout):
+        def __init__(self, engine, retriever, cfg, *a, **k):
+            used.append((retriever, cfg.temperature))
+            super().__init__(engine, retriever, cfg, *a, **k)
+
+    monkeypatch.setattr(retrieval, "open_retriever", open_recorded)
+    monkeypatch.setattr(grpo, "Rollout", RecordedRollout)
+    out = setup / "other-train"
+    summary = main(args(setup, tiny_model_dir, out, 1) + ["--train_data", str(other / "other"),
+                                                           "--train_index", str(other / "other-bm25")])
+    theirs = {ex.question for ex in load_qa(other / "other", "train")}
+    ours = {ex.question for ex in load_qa(setup / "world", "train")}
+    asked = {t["question"] for t in read_traces(out / "traces.jsonl")}
+    assert asked and asked <= theirs and not asked & ours
+    # sampled rollouts search the other world's index; the greedy evaluations the data world's
+    train_r, eval_r = opened[str(other / "other-bm25")], opened[str(setup / "bm25")]
+    assert {id(r) for r, temp in used if temp > 0} == {id(train_r)}
+    assert {id(r) for r, temp in used if temp == 0} == {id(eval_r)}
+    assert summary["test_before"]["n"] == 3
+    # a train question that names one of the evaluation world's dev/test entities is left out
+    name = sorted(held_out_names(setup / "world"))[0]
+    examples = load_qa(other / "other", "train")[:3]
+    clash = dataclasses.replace(examples[0], question=f"Who founded {name}?")
+    assert without_held_out([clash, *examples[1:]], str(setup / "world")) == examples[1:]
+    with pytest.raises(ValueError, match="train_data and train_index go together"):
+        main(args(setup, tiny_model_dir, setup / "half", 1) + ["--train_data", str(other / "other")])

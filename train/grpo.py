@@ -61,6 +61,9 @@ class GRPOConfig:
     model: str = doc("'tiny' (the embedded default, built on first use) or a HF model directory / hub id", "tiny")
     data: str = doc("generated world directory (train/dev/test.jsonl, corpus.jsonl) or a QA directory", "data/world-0")
     index: str = doc("retrieval index directory (retrieval.build) or server URL", "indexes/world-0")
+    train_data: str | None = doc("QA directory whose train split the rollouts are drawn from, searching "
+                                 "train_index (default: data's own train split and index); dev and test stay data's", None)
+    train_index: str | None = doc("retrieval index of train_data (directory or server URL; required with it)", None)
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl and plots", "outputs/grpo")
     max_steps: int = doc("optimizer steps (batches of questions)", 40)
     questions_per_step: int = doc("questions trained on per step (rolled out: this x oversample)", 24)
@@ -161,6 +164,9 @@ class GRPOConfig:
             raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.kl_estimator not in (*KL_ESTIMATORS, "full"):
             raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, full; got {self.kl_estimator!r}")
+        if (self.train_data is None) != (self.train_index is None):
+            raise ValueError("train_data and train_index go together: the train questions need the index of their "
+                             f"own corpus (got train_data={self.train_data!r}, train_index={self.train_index!r})")
         if not 0 < self.entropy_top_share <= 1:
             raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 
@@ -237,6 +243,19 @@ def oracle_demos(questions, retriever, tokenizer, title_of, rcfg: RolloutConfig,
     return collate_segments(segments, pad_id) if segments else None
 
 
+def without_held_out(examples: list, data: str) -> list:
+    """`examples` (another dataset's train split) without the questions whose text or
+    answers name one of `data`'s dev/test entities (a chance collision of generated names),
+    so that no train question asks about an entity the evaluation asks about."""
+    from train.demos import held_out_names, names_pattern
+
+    pattern = names_pattern(held_out_names(data))
+    kept = [ex for ex in examples if pattern is None or not any(pattern.search(t) for t in (ex.question, *ex.answers))]
+    if not kept:
+        raise ValueError(f"no train question left: every one names a dev/test entity of {data}")
+    return kept
+
+
 def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "eval", progress=None) -> dict:
     """Greedy rollouts of `examples`, 128 at a time, summarised; shown as a task of
     `progress` (the training loop's bar) or of a bar of its own."""
@@ -276,17 +295,21 @@ def main(argv=None) -> dict:
 
         # The build's own dev evaluation is skipped: the run below evaluates dev at step 0.
         _, _, model_path = ensure_default(cfg.data, cfg.index, eval_questions=0)
-    train_set, dev_set = load_qa(cfg.data, "train"), load_qa(cfg.data, "dev")[: cfg.eval_questions]
+    train_data, train_index = cfg.train_data or cfg.data, cfg.train_index or cfg.index
+    train_set, dev_set = load_qa(train_data, "train"), load_qa(cfg.data, "dev")[: cfg.eval_questions]
     test_set = load_qa(cfg.data, "test")[: cfg.test_questions] if cfg.test_questions else []
+    if cfg.train_data:
+        train_set = without_held_out(train_set, cfg.data)
     by_id = {ex.id: ex for ex in train_set}
-    retriever = open_retriever(cfg.index)
+    retriever = open_retriever(cfg.index)  # dev and test
+    train_retriever = retriever if train_index == cfg.index else open_retriever(train_index)
     reward = build_reward(json.loads(cfg.rewards) if isinstance(cfg.rewards, str) else cfg.rewards)
     demo_source = None
     if cfg.sft_coef:
         from retrieval.corpus import load_corpus
         from train.demos import held_out_names
 
-        corpus = load_corpus(Path(cfg.data) / "corpus.jsonl")
+        corpus = load_corpus(Path(train_data) / "corpus.jsonl")
         demo_source = (lambda d: corpus.passage(d).title, held_out_names(cfg.data))
     resume = latest_checkpoint(out) if cfg.resume else None
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
@@ -332,7 +355,7 @@ def main(argv=None) -> dict:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             questions, cursor = next_questions(train_set, cursor, n_rolled, cfg.seed)
-            rollout = Rollout(rollout_engine, retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
+            rollout = Rollout(rollout_engine, train_retriever, RolloutConfig(**{**asdict(rcfg), "seed": cfg.seed * 100_003 + step}))
             rolled = rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:")
             rolled_examples = [by_id[t.example_id] for t in rolled]
             t1 = time.perf_counter()
@@ -342,7 +365,7 @@ def main(argv=None) -> dict:
             trajs, examples, scores = ([xs[i] for i in kept] for xs in (rolled, rolled_examples, rolled_scores))
             questions = list({ex.id: ex for ex in examples}.values())
             adv = advantages_for(trajs, scores, cfg, policy.tokenizer.pad_token_id)
-            demos = oracle_demos(questions, retriever, policy.tokenizer, demo_source[0], rcfg, demo_source[1],
+            demos = oracle_demos(questions, train_retriever, policy.tokenizer, demo_source[0], rcfg, demo_source[1],
                                  policy.tokenizer.pad_token_id) if demo_source else None
             lr = scheduler.get_last_lr()[0]
             update = policy_update(policy, adv, cfg, optimizer, seed=cfg.seed * 7919 + step, demos=demos)
