@@ -34,7 +34,7 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
     # a random model earns no reward; the entropy bonus makes its weights move nonetheless
     summary = main(args(setup, tiny_model_dir, out, 2) + ["--lr_schedule", "linear", "--entropy_coef", "0.01"])
     assert {"test_before", "test_after"} <= set(summary)
-    assert summary["final_model"] == {"path": str(out / "final"), "averaged_steps": 2}
+    assert summary["final_model"] == {"path": str(out / "final"), "averaged_steps": 2, "averaged_from_step": 1}
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     # the schedule moves once per step of questions, however many minibatches a step takes
@@ -65,6 +65,18 @@ def test_only_the_last_steps_are_averaged(setup, tiny_model_dir):
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
     for k in final:
         torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
+    # trained on to 5 steps, the window is steps 4-5: the average of steps 2-3 is not handed over
+    summary = main(args(setup, tiny_model_dir, out, 5) + ["--average_last", "2", "--keep_last", "5", "--entropy_coef", "0.01"])
+    assert summary["final_model"]["averaged_steps"] == 2 and summary["final_model"]["averaged_from_step"] == 4
+    final, w4, w5 = (weights(out / d) for d in ("final", "checkpoint-4", "checkpoint-5"))
+    for k in final:
+        torch.testing.assert_close(final[k], (w4[k] + w5[k]) / 2)
+    # a window that still starts where the stored average does keeps it: steps 4-6
+    summary = main(args(setup, tiny_model_dir, out, 6) + ["--average_last", "3", "--keep_last", "5", "--entropy_coef", "0.01"])
+    assert summary["final_model"]["averaged_steps"] == 3 and summary["final_model"]["averaged_from_step"] == 4
+    final, w6 = weights(out / "final"), weights(out / "checkpoint-6")
+    for k in final:
+        torch.testing.assert_close(final[k], (w4[k] + w5[k] + w6[k]) / 3)
     no_avg = setup / "avg-none"
     assert main(args(setup, tiny_model_dir, no_avg, 1) + ["--average_last", "0"])["final_model"]["averaged_steps"] == 0
     last, final = weights(no_avg / "checkpoint-1"), weights(no_avg / "final")

@@ -333,6 +333,12 @@ def main(argv=None) -> dict:
         step, cursor = state["step"], state["cursor"]
         if "average" in state["extra"]:
             average.load_state_dict(state["extra"]["average"])
+            window = max(1, cfg.max_steps - cfg.average_last + 1)
+            if average.count and average.first_step is not None and average.first_step != window and step < cfg.max_steps:
+                console.print(f"the weight average of steps {average.first_step}-{step} is dropped: with max_steps "
+                              f"{cfg.max_steps} and average_last {cfg.average_last} the final model averages steps "
+                              f"from {max(window, step + 1)} on")
+                average.reset()
         dropped = truncate_after(metrics_path, step) + truncate_after(out / "traces.jsonl", step)
         console.print(f"resumed from {resume} (step {step}; {dropped} lines after it dropped)")
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -375,7 +381,7 @@ def main(argv=None) -> dict:
             t3 = time.perf_counter()
             step += 1
             if step > cfg.max_steps - cfg.average_last:
-                average.update()
+                average.update(step)
 
             record = {"step": step, "reward": sum(s.value for s in rolled_scores) / len(rolled_scores),
                       **group_stats(rolled, rolled_examples, rolled_scores),
@@ -408,7 +414,8 @@ def main(argv=None) -> dict:
         save_atomic(policy.model, policy.tokenizer, out / "final")
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
-    summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count}
+    summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count,
+                              **({"averaged_from_step": average.first_step} if averaged else {})}
     summary["machine"] = machine()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
