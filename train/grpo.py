@@ -94,7 +94,7 @@ class GRPOConfig:
                          "tiny default's recipe 6 warm start it keeps the warm start's right answers: without it, "
                          "runs turned 24-34% of them wrong on test (7-23% with 0.1) while winning 14-15% of its "
                          "wrong ones (7-12%), and 16 x 8 samples with float32 rollouts gained +1.3 test EM points "
-                         "over 3 seeds against +2.1 with 0.1 (README); its reference forward is 11-12% of a step", 0.1)
+                         "over 3 seeds against +2.1 with 0.1 (train/RESULTS.md); its reference forward is 11-12% of a step", 0.1)
     kl_estimator: str = doc("k1 | k2 | k3 (estimates from the sampled token) | full (exact, over the vocabulary at each "
                             "trained position; holds the reference's distributions there: for small vocabularies)", "k3")
     entropy_coef: float = doc("weight of the entropy bonus", 0.0)
@@ -110,12 +110,12 @@ class GRPOConfig:
         "whose samples scored differently first, settled ones only to fill up (DAPO's dynamic sampling, from one "
         "larger rollout); every rolled-out trajectory is still traced. 1 = train on every group. On the tiny "
         "default, 24 of 48 over 40 steps gained +3.1 test EM over 3 seeds (every seed), where 32 of 32 over 50 steps, "
-        "in about the same time, gained +1.3 (README)", 2.0)
+        "in about the same time, gained +1.3 (train/RESULTS.md)", 2.0)
     skip_settled_groups: bool = doc(
         "give no advantage to a group whose samples all scored the same total reward (DAPO's dynamic sampling; "
         "its step rewards are dropped too) and, without KL or entropy terms, leave its rows out of the update: "
         "~40% of the tiny default's groups, a step ~20% cheaper. Off: on the tiny default those groups' step "
-        "rewards are what keeps it searching (README)", False)
+        "rewards are what keeps it searching (train/RESULTS.md)", False)
     skip_zero_advantage: bool = doc(
         "leave rows whose advantages are all 0 out of the update (no KL/entropy term only), as DAPO's dynamic "
         "sampling: cheaper, but the token mean is then over fewer rows, so each step is larger", False)
