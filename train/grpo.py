@@ -334,7 +334,9 @@ def main(argv=None) -> dict:
         if "average" in state["extra"]:
             average.load_state_dict(state["extra"]["average"])
             window = max(1, cfg.max_steps - cfg.average_last + 1)
-            if average.count and average.first_step is not None and average.first_step != window and step < cfg.max_steps:
+            if average.count and average.first_step is None:  # a checkpoint from before the average kept it
+                average.first_step = step - average.count + 1  # it averages consecutive steps up to this one
+            if average.count and average.first_step != window and step < cfg.max_steps:
                 console.print(f"the weight average of steps {average.first_step}-{step} is dropped: with max_steps "
                               f"{cfg.max_steps} and average_last {cfg.average_last} the final model averages steps "
                               f"from {max(window, step + 1)} on")
