@@ -26,19 +26,18 @@ def test_running_mean_equals_the_mean_of_the_snapshots_and_swaps_back():
 def test_a_restored_average_continues_as_the_original():
     model = torch.nn.Linear(3, 2)
     a = WeightAverage(model.parameters())
-    a.update(step=7)
+    a.update()
     b = WeightAverage(model.parameters())
     b.load_state_dict(a.state_dict())
-    assert b.first_step == 7
     with torch.no_grad():
         model.weight.mul_(3.0)
     a.update()
     b.update()
-    assert b.count == 2 and b.first_step == 7 and all(torch.equal(x, y) for x, y in zip(a.mean, b.mean))
+    assert b.count == 2 and all(torch.equal(x, y) for x, y in zip(a.mean, b.mean))
     b.reset()
-    assert (b.count, b.mean, b.first_step) == (0, None, None)
-    b.update(step=9)
-    assert b.first_step == 9 and all(torch.equal(m, p) for m, p in zip(b.mean, model.parameters()))
+    assert (b.count, b.mean) == (0, None)
+    b.update()
+    assert b.count == 1 and all(torch.equal(m, p) for m, p in zip(b.mean, model.parameters()))
 
 
 def test_bad_state_and_empty_average_are_refused():

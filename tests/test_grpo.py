@@ -65,12 +65,7 @@ def test_only_the_last_steps_are_averaged(setup, tiny_model_dir):
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
     for k in final:
         torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
-    # trained on to 5 steps, the window is steps 4-5: the average of steps 2-3 is not handed over,
-    # also from a checkpoint written before the average recorded its first step
-    state_file = out / "checkpoint-3" / "trainer_state.pt"
-    state = torch.load(state_file, weights_only=False)
-    assert state["extra"]["average"].pop("first_step") == 2
-    torch.save(state, state_file)
+    # trained on to 5 steps, the window is steps 4-5: the average of steps 2-3 is not handed over
     summary = main(args(setup, tiny_model_dir, out, 5) + ["--average_last", "2", "--keep_last", "5", "--entropy_coef", "0.01"])
     assert summary["final_model"]["averaged_steps"] == 2 and summary["final_model"]["averaged_from_step"] == 4
     final, w4, w5 = (weights(out / d) for d in ("final", "checkpoint-4", "checkpoint-5"))

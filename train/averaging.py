@@ -8,9 +8,10 @@ average is only what the run hands over at the end.
 
 The average lives in float32 beside the trainable parameters (one extra copy of them; with
 LoRA only of the adapter) and is saved in each checkpoint, so a resumed run averages the
-same steps as an uninterrupted one. It remembers the first step it holds: a run resumed
-with another `max_steps` or `average_last` has another window, and the trainer then starts
-the average afresh rather than hand over steps outside it.
+same steps as an uninterrupted one. It holds consecutive steps up to the newest, so its
+first step is that step minus `count` plus one: a run resumed with another `max_steps` or
+`average_last` has another window, and the trainer then starts the average afresh
+(`reset`) rather than hand over steps outside it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,9 @@ class WeightAverage:
         self.params = list(params)
         self.mean: list[torch.Tensor] | None = None
         self.count = 0
-        self.first_step: int | None = None  # the step of the first weights averaged, when given
 
     @torch.no_grad()
-    def update(self, step: int | None = None) -> None:
-        if self.count == 0:
-            self.first_step = step
+    def update(self) -> None:
         self.count += 1
         if self.mean is None:
             self.mean = [p.detach().float().clone() for p in self.params]
@@ -41,16 +39,15 @@ class WeightAverage:
             m.add_(p.detach().float() - m, alpha=1.0 / self.count)
 
     def reset(self) -> None:
-        self.mean, self.count, self.first_step = None, 0, None
+        self.mean, self.count = None, 0
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "first_step": self.first_step,
-                "mean": [m.cpu() for m in self.mean] if self.mean is not None else None}
+        return {"count": self.count, "mean": [m.cpu() for m in self.mean] if self.mean is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         if state["mean"] is not None and len(state["mean"]) != len(self.params):
             raise ValueError(f"weight average holds {len(state['mean'])} tensors, the model trains {len(self.params)}")
-        self.count, self.first_step = state["count"], state.get("first_step")
+        self.count = state["count"]
         self.mean = None if state["mean"] is None else [m.to(p.device) for m, p in zip(state["mean"], self.params)]
 
     @contextlib.contextmanager

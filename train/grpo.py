@@ -333,11 +333,9 @@ def main(argv=None) -> dict:
         step, cursor = state["step"], state["cursor"]
         if "average" in state["extra"]:
             average.load_state_dict(state["extra"]["average"])
-            window = max(1, cfg.max_steps - cfg.average_last + 1)
-            if average.count and average.first_step is None:  # a checkpoint from before the average kept it
-                average.first_step = step - average.count + 1  # it averages consecutive steps up to this one
-            if average.count and average.first_step != window and step < cfg.max_steps:
-                console.print(f"the weight average of steps {average.first_step}-{step} is dropped: with max_steps "
+            window, first = max(1, cfg.max_steps - cfg.average_last + 1), step - average.count + 1
+            if average.count and first != window and step < cfg.max_steps:
+                console.print(f"the weight average of steps {first}-{step} is dropped: with max_steps "
                               f"{cfg.max_steps} and average_last {cfg.average_last} the final model averages steps "
                               f"from {max(window, step + 1)} on")
                 average.reset()
@@ -383,7 +381,7 @@ def main(argv=None) -> dict:
             t3 = time.perf_counter()
             step += 1
             if step > cfg.max_steps - cfg.average_last:
-                average.update(step)
+                average.update()
 
             record = {"step": step, "reward": sum(s.value for s in rolled_scores) / len(rolled_scores),
                       **group_stats(rolled, rolled_examples, rolled_scores),
@@ -417,7 +415,7 @@ def main(argv=None) -> dict:
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count,
-                              **({"averaged_from_step": average.first_step} if averaged else {})}
+                              **({"averaged_from_step": step - average.count + 1} if averaged else {})}
     summary["machine"] = machine()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
