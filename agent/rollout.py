@@ -49,6 +49,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k_sampling: int = 0  # 0 = off
     seed: int | None = None  # seeds every turn's sampling; same seed, same rollouts
+    # The first `greedy_samples` samples of each group decode greedily (logprobs at
+    # `temperature` all the same, as the trainer recomputes them): the policy's own greedy
+    # answer competes inside its group. 0 = every sample at `temperature`.
+    greedy_samples: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_new_tokens", "max_response_tokens", "max_context_tokens", "top_k", "max_invalid"):
@@ -56,6 +60,8 @@ class RolloutConfig:
                 raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_doc_tokens < 0:
             raise ValueError(f"RolloutConfig.max_doc_tokens must be >= 0, got {self.max_doc_tokens}")
+        if self.greedy_samples < 0:
+            raise ValueError(f"RolloutConfig.greedy_samples must be >= 0, got {self.greedy_samples}")
 
 
 @dataclass
@@ -189,6 +195,7 @@ class Rollout:
             stop_token_ids=self.stop_ids,
             stop_strings=self.stop_strings,
             seed=None if cfg.seed is None else cfg.seed * 1_000_003 + turn,
+            greedy_rows=frozenset(i for i, run in enumerate(ready) if run.traj.sample < cfg.greedy_samples),
         )
         outputs = self.engine.generate([run.segment.full_ids for run in ready], params)
 

@@ -337,3 +337,20 @@ def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stay
     assert without_held_out([clash, *examples[1:]], str(setup / "world")) == examples[1:]
     with pytest.raises(ValueError, match="train_data and train_index go together"):
         main(args(setup, tiny_model_dir, setup / "half", 1) + ["--train_data", str(other / "other")])
+
+
+def test_greedy_samples_train_on_policy_and_bad_counts_are_refused(setup, tiny_model_dir):
+    # A greedy sample's logprobs are taken at the training temperature: the first update's
+    # ratios are then 1 on every row (at T = 1 they would differ by the temperature's change).
+    out = setup / "greedy-samples"
+    main(args(setup, tiny_model_dir, out, 1) + ["--greedy_samples", "1", "--temperature", "0.5"])
+    (row,) = metrics(out)
+    assert abs(row["ratio_max"] - 1) < 1e-3 and abs(row["ratio_mean"] - 1) < 1e-4
+    groups = {}
+    for t in read_traces(out / "traces.jsonl"):
+        groups.setdefault(t["group_id"], []).append(t)
+    assert len(groups) == 2 and all(len(g) == 3 for g in groups.values())
+    with pytest.raises(ValueError, match=r"greedy_samples must be in \[0, group_size=3\)"):
+        main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "3"])
+    with pytest.raises(ValueError, match="greedy_samples needs rollout_engine=hf"):
+        main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "1", "--rollout_engine", "vllm"])

@@ -40,6 +40,28 @@ def test_rollout_logprobs_match_trainer_forward(model_and_engine, temperature):
             assert not recomputed[~mask].any()
 
 
+def test_greedy_samples_carry_the_trainers_logprobs_and_the_greedy_answer(model_and_engine):
+    # One sample of each group decoded greedily within a rollout at T = 0.7: its tokens are a
+    # plain greedy rollout's, its logprobs the trainer's at 0.7 like the sampled rows'.
+    model, engine = model_and_engine
+    examples = [Example("a", "Where was Orin Kael born?", ["Velmora"]), Example("b", "Who wrote The Ashen Lantern?", ["Mira Solen"])]
+    base = dict(seed=5, max_turns=3, max_new_tokens=12, top_k=2, max_doc_tokens=8)
+    mixed = Rollout(engine, FixedRetriever(PASSAGES), RolloutConfig(temperature=0.7, greedy_samples=1, **base))(examples, group_size=3)
+    plain = Rollout(engine, FixedRetriever(PASSAGES), RolloutConfig(temperature=0.0, **base))(examples)
+    for greedy_traj, sampled in zip(plain, (mixed[0], mixed[3])):
+        assert sampled.sample == 0
+        assert [s.response_ids for s in sampled.segments] == [s.response_ids for s in greedy_traj.segments]
+    segments = [seg for t in mixed for seg in t.segments]
+    batch = collate_segments(segments, pad_id=engine.tokenizer.pad_token_id)
+    mask = batch.loss_mask.bool()
+    with torch.no_grad():
+        recomputed = token_logprobs(model, batch, 0.7, only_loss=True)
+    assert (recomputed[mask] - batch.old_logprobs[mask]).abs().max().item() < 1e-4
+    greedy_rows = torch.tensor([t.sample == 0 for t in mixed for _ in t.segments])
+    greedy_logprobs = batch.old_logprobs[greedy_rows][mask[greedy_rows]]
+    assert (greedy_logprobs < -1e-3).any()  # at T = 0.7 the argmax is not certain: real logprobs, not zeros
+
+
 def test_exact_kl_over_the_vocabulary_matches_the_full_softmax(tiny_model_dir):
     """`kl_to` gives sum_v p log(p / q) at every trained position (0 elsewhere), for any
     chunking and for a subset of rows, with gradients; 0 against its own distributions."""

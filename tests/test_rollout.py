@@ -217,3 +217,23 @@ def test_auto_prompt_style_is_compact_only_with_every_protocol_tag_in_the_vocabu
     assert resolve_style(fast) == "chat"
     fast.add_tokens([PROTOCOL_TAGS[-1]], special_tokens=True)
     assert resolve_style(fast) == "compact"
+
+
+def test_greedy_samples_name_each_groups_first_rows_of_every_call(tiny_tokenizer):
+    # q1 searches, then answers; q2 answers at once: the second call holds q1's rows only,
+    # and `greedy_rows` indexes that call's prompts.
+    def script(ids, call):
+        return "<search>Velmora</search>" if call == 0 and "Orin" in tiny_tokenizer.decode(ids) else "<answer>x</answer>"
+
+    cfg = RolloutConfig(temperature=0.3, seed=2, greedy_samples=1, top_k=2, max_doc_tokens=4)
+    examples = [EXAMPLE, Example("q2", "Who wrote The Ashen Lantern?", ["Mira Solen"])]
+    trajs, engine = run(tiny_tokenizer, script, cfg, examples=examples, group_size=3)
+    assert [len(c) for c in engine.calls] == [6, 3]
+    assert [p.greedy_rows for p in engine.params] == [frozenset({0, 3}), frozenset({0})]
+    assert all(p.temperature == 0.3 for p in engine.params)
+    assert [(t.example_id, t.sample) for t in trajs] == [(ex.id, k) for ex in examples for k in range(3)]
+
+
+def test_negative_greedy_samples_are_refused():
+    with pytest.raises(ValueError, match="greedy_samples must be >= 0"):
+        RolloutConfig(greedy_samples=-1)

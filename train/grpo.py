@@ -76,6 +76,8 @@ class GRPOConfig:
     average_last: int = doc("the final model (output_dir/final) is the uniform average of the weights after each of the "
                             "last N steps (tail averaging, train/averaging.py); 0 = the last weights", 30)
     temperature: float = doc("sampling temperature of rollouts (a tiny model's tail at 1.0 is noise)", 0.3)
+    greedy_samples: int = doc("samples of each group decoded greedily (the rest at --temperature): the policy's greedy "
+                              "answer, the one evaluated, then takes part in its group's comparison (rollout_engine=hf)", 0)
     top_k: int | None = doc("passages per search (default: 2 for the tiny policy, as in its warm start; else 3)", None)
     max_turns: int = doc("turns per trajectory", 10)
     max_new_tokens: int = doc("tokens per turn", 64)
@@ -167,6 +169,12 @@ class GRPOConfig:
         if (self.train_data is None) != (self.train_index is None):
             raise ValueError("train_data and train_index go together: the train questions need the index of their "
                              f"own corpus (got train_data={self.train_data!r}, train_index={self.train_index!r})")
+        if self.greedy_samples and self.rollout_engine != "hf":
+            raise ValueError("greedy_samples needs rollout_engine=hf (vLLM cannot decode some rows of a batch greedily "
+                             "with logprobs at the sampling temperature)")
+        if not 0 <= self.greedy_samples < self.group_size:
+            raise ValueError(f"greedy_samples must be in [0, group_size={self.group_size}) (a group needs a sampled "
+                             f"trajectory to compare with), got {self.greedy_samples}")
         if not 0 < self.entropy_top_share <= 1:
             raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 
@@ -323,7 +331,7 @@ def main(argv=None) -> dict:
     if cfg.top_k is None:
         cfg.top_k = 2 if cfg.model == "tiny" else 3
     rcfg = RolloutConfig(top_k=cfg.top_k, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature)
+                         temperature=cfg.temperature, greedy_samples=cfg.greedy_samples)
     metrics_path, traces = out / "metrics.jsonl", TraceWriter(out / "traces.jsonl")
     trackers = Trackers(cfg.report_to, out, asdict(cfg))
 
