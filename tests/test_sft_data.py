@@ -99,3 +99,42 @@ def test_pretraining_lowers_the_loss_on_its_text(tiny_model_dir):
     assert loss() < before - 2.0, before
     with pytest.raises(ValueError, match="fewer than one row of 256"):
         pretrain(model, tok, ["short"], cfg)
+
+
+def test_missing_retriever_misses_a_seeded_share_with_the_next_ranked_passages():
+    from fakes import PASSAGES, FixedRetriever
+    from train.demos import MissingRetriever
+
+    inner = FixedRetriever(PASSAGES)
+    queries = ["Orin Kael born Velmora Dastria", "Kael Orin Velmora born"]
+    assert MissingRetriever(inner, 0.0).search(queries, 1) == inner.search(queries, 1)
+    always = MissingRetriever(inner, 0.999999)
+    assert always.search(queries, 1) == [found[1:2] for found in inner.search(queries, 2)]
+    sometimes = MissingRetriever(inner, 0.15, seed=3)
+    share = sum(sometimes.misses(f"query {i}") for i in range(4000)) / 4000
+    assert abs(share - 0.15) < 0.02
+    assert [sometimes.misses(f"query {i}") for i in range(50)] == [sometimes.misses(f"query {i}") for i in range(50)]
+    assert [sometimes.misses(f"query {i}") for i in range(50)] != [MissingRetriever(inner, 0.15, seed=4).misses(f"query {i}") for i in range(50)]
+    with pytest.raises(ValueError, match=r"miss rate must be in \[0, 1\), got 1.5"):
+        MissingRetriever(inner, 1.5)
+
+
+def test_demonstrations_with_misses_show_the_judge_recovering(world):
+    tok = tokenizer_for_world(world, vocab_size=1024)
+
+    def recoveries(rate):
+        cfg = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=21, top_k=2, retrieval_miss_rate=rate)
+        demos, _ = extra_world_demonstrations(cfg, tok, rollout_config(cfg))
+        found = 0
+        for demo in demos:
+            kinds = [(s.kind, s.text.strip()) for s in demo.steps]
+            for i, (kind, text) in enumerate(kinds[:-1]):
+                if kind == "judge" and text == "not useful":
+                    assert kinds[i + 1][0] == "search"  # dropped, then searched again
+                    found += 1
+        return found, len(demos)
+
+    without, n_without = recoveries(0.0)
+    with_misses, n_with = recoveries(0.3)
+    assert with_misses > max(3 * without, 10)
+    assert 0.5 * n_without < n_with < n_without  # some misses are never recovered: those demonstrations go

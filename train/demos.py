@@ -21,8 +21,42 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
-def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512):
-    """Oracle trajectories of `examples`, only the correctly answered ones, with a progress bar."""
+class MissingRetriever:
+    """A retriever whose searches miss at a seeded rate: a missed search returns the k passages
+    ranked just below the top k (near misses, like those a miscopied name brings up).
+
+    Why: the oracle's own searches nearly always find what they look for, so its
+    demonstrations almost never judge an observation 'not useful' and search again (78 of
+    the tiny warm start's 11,382 did), and the policy warm-started on them judged every
+    observation useful on the test split, its 235 wrong retrievals included. With misses
+    the demonstrations show the JUDGE action's recovery path: a near miss judged 'not
+    useful', dropped, and searched for again. Whether a query misses depends only on the
+    seed and its text, so a build is reproducible. (On the tiny model it did not pay off:
+    `SFTConfig.retrieval_miss_rate`.)
+    """
+
+    def __init__(self, inner, rate: float, seed: int = 0):
+        if not 0 <= rate < 1:
+            raise ValueError(f"miss rate must be in [0, 1), got {rate}")
+        self.inner, self.rate, self.seed = inner, rate, seed
+
+    def misses(self, query: str) -> bool:
+        return self.rate > 0 and random.Random(f"{self.seed}\x00{query}").random() < self.rate
+
+    def search(self, queries: list[str], k: int):
+        missed = [self.misses(q) for q in queries]
+        if not any(missed):
+            return self.inner.search(queries, k)
+        deep = self.inner.search(queries, 2 * k)
+        return [found[k : 2 * k] if miss else found[:k] for found, miss in zip(deep, missed)]
+
+
+def oracle_demonstrations(examples, retriever, tokenizer, title_of, rcfg: RolloutConfig, batch_size: int = 512,
+                          miss_rate: float = 0.0, seed: int = 0):
+    """Oracle trajectories of `examples`, only the correctly answered ones, with a progress bar;
+    `miss_rate` of the searches miss (`MissingRetriever`)."""
+    if miss_rate:
+        retriever = MissingRetriever(retriever, miss_rate, seed)
     kept = []
     with progress_bar() as progress:
         task = progress.add_task("oracle demonstrations", total=len(examples))
@@ -118,7 +152,8 @@ def extra_world_demonstrations(cfg: SFTConfig, tokenizer, rcfg: RolloutConfig) -
     if cfg.extra_world_questions and cfg.extra_world_questions < len(examples):
         examples = random.Random(cfg.seed).sample(examples, cfg.extra_world_questions)
     corpus = load_corpus(data_dir / "corpus.jsonl")
-    demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title, rcfg)
+    demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title, rcfg,
+                                  miss_rate=cfg.retrieval_miss_rate, seed=cfg.seed)
     return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
 
 
