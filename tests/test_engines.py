@@ -114,7 +114,6 @@ def test_each_row_decodes_as_if_alone(engine, prompts):
     assert [g.token_ids for g in greedy(chunked, prompts, stop_token_ids=stops)] == [g.token_ids for g in alone]
 
 
-
 def test_greedy_rows_decode_as_greedy_alone_and_report_logprobs_at_the_temperature(engine, prompts):
     # Rows 0 and 3 greedy among sampled ones, rows ending at different steps (dropped from
     # the batch), in one batch and in chunks of 2: the greedy rows' tokens are greedy
