@@ -157,19 +157,24 @@ def extra_world_demonstrations(cfg: SFTConfig, tokenizer, rcfg: RolloutConfig) -
     return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
 
 
+def _mentions(pattern, example, more_texts=()) -> bool:
+    return any(pattern.search(text) for text in (example.question, *example.answers, *more_texts))
+
+
 def without_names(demos: list[Trajectory], examples, names: set[str]) -> list[Trajectory]:
     """The demonstrations whose question, answers and retrieved passages mention none of `names`."""
     pattern = names_pattern(names)
     if pattern is None:
         return demos
     by_id = {ex.id: ex for ex in examples}
+    return [d for d in demos if not _mentions(pattern, by_id[d.example_id],
+                                               (t for step in d.steps for p in step.passages for t in (p.title, p.text)))]
 
-    def mentions(traj: Trajectory) -> bool:
-        ex = by_id[traj.example_id]
-        texts = [ex.question, *ex.answers, *(t for step in traj.steps for p in step.passages for t in (p.title, p.text))]
-        return any(pattern.search(text) for text in texts)
 
-    return [d for d in demos if not mentions(d)]
+def examples_without_names(examples: list, names: set[str]) -> list:
+    """The examples whose question and answers mention none of `names`."""
+    pattern = names_pattern(names)
+    return examples if pattern is None else [ex for ex in examples if not _mentions(pattern, ex)]
 
 
 def progress_bar() -> Progress:

@@ -255,10 +255,9 @@ def without_held_out(examples: list, data: str) -> list:
     """`examples` (another dataset's train split) without the questions whose text or
     answers name one of `data`'s dev/test entities (a chance collision of generated names),
     so that no train question asks about an entity the evaluation asks about."""
-    from train.demos import held_out_names, names_pattern
+    from train.demos import examples_without_names, held_out_names
 
-    pattern = names_pattern(held_out_names(data))
-    kept = [ex for ex in examples if pattern is None or not any(pattern.search(t) for t in (ex.question, *ex.answers))]
+    kept = examples_without_names(examples, held_out_names(data))
     if not kept:
         raise ValueError(f"no train question left: every one names a dev/test entity of {data}")
     return kept
