@@ -41,6 +41,10 @@ class WeightAverage:
     def reset(self) -> None:
         self.mean, self.count = None, 0
 
+    def first_step(self, last_step: int) -> int:
+        """The first step averaged, when `last_step` was the newest (the steps are consecutive)."""
+        return last_step - self.count + 1
+
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": [m.cpu() for m in self.mean] if self.mean is not None else None}
 

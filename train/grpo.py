@@ -340,7 +340,7 @@ def main(argv=None) -> dict:
         step, cursor = state["step"], state["cursor"]
         if "average" in state["extra"]:
             average.load_state_dict(state["extra"]["average"])
-            window, first = max(1, cfg.max_steps - cfg.average_last + 1), step - average.count + 1
+            window, first = max(1, cfg.max_steps - cfg.average_last + 1), average.first_step(step)
             if average.count and first != window and step < cfg.max_steps:
                 console.print(f"the weight average of steps {first}-{step} is dropped: with max_steps "
                               f"{cfg.max_steps} and average_last {cfg.average_last} the final model averages steps "
@@ -422,7 +422,7 @@ def main(argv=None) -> dict:
         if test_set and "test_after" not in summary:
             summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count,
-                              **({"averaged_from_step": step - average.count + 1} if averaged else {})}
+                              **({"averaged_from_step": average.first_step(step)} if averaged else {})}
     summary["machine"] = machine()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
