@@ -339,6 +339,20 @@ def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stay
         main(args(setup, tiny_model_dir, setup / "half", 1) + ["--train_data", str(other / "other")])
 
 
+def test_adam_eps_scales_the_update_of_small_gradients_and_bad_values_are_refused(setup, tiny_model_dir):
+    # An epsilon far above every gradient turns AdamW's step of about lr into lr x gradient / eps.
+    def largest_move(eps):
+        out = setup / f"adam-eps-{eps}"
+        main(args(setup, tiny_model_dir, out, 1) + ["--adam_eps", eps, "--entropy_coef", "0.01"])
+        before, after = weights(tiny_model_dir), weights(out / "checkpoint-1")
+        return max((after[k] - before[k]).abs().max().item() for k in after)
+
+    assert largest_move("1e-8") > 1e-4  # lr 1e-3
+    assert largest_move("1e3") < 1e-6
+    with pytest.raises(ValueError, match="adam_eps must be > 0, got 0.0"):
+        main(args(setup, tiny_model_dir, setup / "bad-eps", 1) + ["--adam_eps", "0"])
+
+
 def test_greedy_samples_train_on_policy_and_bad_counts_are_refused(setup, tiny_model_dir):
     # A greedy sample's logprobs are taken at the training temperature: the first update's
     # ratios are then 1 on every row (at T = 1 they would differ by the temperature's change).
