@@ -341,14 +341,16 @@ def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stay
 
 def test_adam_eps_scales_the_update_of_small_gradients_and_bad_values_are_refused(setup, tiny_model_dir):
     # An epsilon far above every gradient turns AdamW's step of about lr into lr x gradient / eps.
-    def largest_move(eps):
-        out = setup / f"adam-eps-{eps}"
-        main(args(setup, tiny_model_dir, out, 1) + ["--adam_eps", eps, "--entropy_coef", "0.01"])
-        before, after = weights(tiny_model_dir), weights(out / "checkpoint-1")
+    def largest_move(eps, out, steps=1):
+        main(args(setup, tiny_model_dir, out, steps) + ["--adam_eps", eps, "--entropy_coef", "0.01"])
+        before = weights(out / f"checkpoint-{steps - 1}" if steps > 1 else tiny_model_dir)
+        after = weights(out / f"checkpoint-{steps}")
         return max((after[k] - before[k]).abs().max().item() for k in after)
 
-    assert largest_move("1e-8") > 1e-4  # lr 1e-3
-    assert largest_move("1e3") < 1e-6
+    assert largest_move("1e-8", setup / "adam-eps-small") > 1e-4  # lr 1e-3
+    assert largest_move("1e3", setup / "adam-eps-large") < 1e-6
+    # resumed with another epsilon, the run takes its own, not the one saved with the optimizer
+    assert largest_move("1e-8", setup / "adam-eps-large", steps=2) > 1e-4
     with pytest.raises(ValueError, match="adam_eps must be > 0, got 0.0"):
         main(args(setup, tiny_model_dir, setup / "bad-eps", 1) + ["--adam_eps", "0"])
 

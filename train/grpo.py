@@ -342,6 +342,8 @@ def main(argv=None) -> dict:
     step, cursor, summary = 0, {"epoch": 0, "pos": 0}, {}
     if resume:
         state = load_trainer_state(resume, optimizer, scheduler)
+        for group in optimizer.param_groups:  # the saved state carries its own epsilon: this run's applies
+            group["eps"] = cfg.adam_eps
         step, cursor = state["step"], state["cursor"]
         if "average" in state["extra"]:
             average.load_state_dict(state["extra"]["average"])
