@@ -95,10 +95,13 @@ def test_resume_matches_an_uninterrupted_run(setup, tiny_model_dir):
     straight = setup / "straight"
     run(straight, 3)
     resumed = setup / "resumed"
-    run(resumed, 2)
+    assert run(resumed, 2)["test_after"]["step"] == 2
     # A step that was logged but not checkpointed is redone on resume, not duplicated.
     (resumed / "checkpoint-2").rename(resumed / "killed-before-checkpoint")
-    run(resumed, 3)
+    summary = run(resumed, 3)
+    # the final test evaluation is of the model after step 3, not the one the first call left
+    assert summary["test_after"] == main(args(setup, tiny_model_dir, straight, 3))["test_after"]
+    assert summary["test_after"]["step"] == 3
     a, b = metrics(straight), metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):

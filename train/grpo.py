@@ -427,8 +427,9 @@ def main(argv=None) -> dict:
     averaged = average.count > 0
     with average.swapped_in() if averaged else contextlib.nullcontext():
         save_atomic(policy.model, policy.tokenizer, out / "final")
-        if test_set and "test_after" not in summary:
-            summary["test_after"] = greedy_eval(engine, retriever, test_set, rcfg, "test")
+        # A rerun of a finished run keeps its evaluation; one resumed to more steps makes its own.
+        if test_set and summary.get("test_after", {}).get("step") != step:
+            summary["test_after"] = {**greedy_eval(engine, retriever, test_set, rcfg, "test"), "step": step}
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": average.count,
                               **({"averaged_from_step": average.first_step(step)} if averaged else {})}
     summary["machine"] = machine()
