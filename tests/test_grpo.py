@@ -358,6 +358,16 @@ def test_adam_eps_scales_the_update_of_small_gradients_and_bad_values_are_refuse
         main(args(setup, tiny_model_dir, setup / "bad-eps", 1) + ["--adam_eps", "0"])
 
 
+def test_freeze_embeddings_leaves_the_embeddings_and_output_head_as_they_were(setup, tiny_model_dir):
+    out = setup / "frozen-embeddings"
+    main(args(setup, tiny_model_dir, out, 1) + ["--freeze_embeddings", "true", "--entropy_coef", "0.01"])
+    before, after = weights(tiny_model_dir), weights(out / "checkpoint-1")
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    embedding = {k for k in after if "embed_tokens" in k or "lm_head" in k}
+    assert embedding and not moved & embedding
+    assert any("layers.0." in k for k in moved)  # the blocks still train
+
+
 def test_greedy_samples_train_on_policy_and_bad_counts_are_refused(setup, tiny_model_dir):
     # A greedy sample's logprobs are taken at the training temperature: the first update's
     # ratios are then 1 on every row (at T = 1 they would differ by the temperature's change).

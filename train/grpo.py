@@ -132,6 +132,9 @@ class GRPOConfig:
                           "oracle's demonstrations of the step's questions (as PPO-ptx mixes in pretraining; needs "
                           "data with reasoning chains, a generated world). 0 = pure RL", 0.0)
     max_grad_norm: float = doc("gradient clipping norm", 1.0)
+    freeze_embeddings: bool = doc("train neither the token embeddings nor the output head (tied or not): the update "
+                                  "then goes through the transformer blocks only. On the tiny default it gained what "
+                                  "the default does over 3 seeds (+2.5 test EM; train/RESULTS.md)", False)
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)
     dtype: str = doc("auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16", "auto")
@@ -327,6 +330,10 @@ def main(argv=None) -> dict:
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
     engine = HFEngine(policy.model, policy.tokenizer)  # greedy evaluations: the trained weights themselves
+    if cfg.freeze_embeddings:
+        for module in (policy.model.get_input_embeddings(), policy.model.get_output_embeddings()):
+            if module is not None:
+                module.requires_grad_(False)
     rollout_engine = make_rollout_engine(cfg, policy, model_path, engine)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps,
