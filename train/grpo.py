@@ -47,7 +47,7 @@ from train.config import doc, parse_config
 from train.demos import progress_bar
 from train.loss import KL_ESTIMATORS
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
-from train.policy import load_policy, machine, rollout_model, sampler_weights
+from train.policy import freeze_embeddings, load_policy, machine, rollout_model, sampler_weights
 from train.update import advantages_for, group_stats, policy_update
 
 console = Console(stderr=True)
@@ -331,9 +331,7 @@ def main(argv=None) -> dict:
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
     engine = HFEngine(policy.model, policy.tokenizer)  # greedy evaluations: the trained weights themselves
     if cfg.freeze_embeddings:
-        for module in (policy.model.get_input_embeddings(), policy.model.get_output_embeddings()):
-            if module is not None:
-                module.requires_grad_(False)
+        freeze_embeddings(policy.model)
     rollout_engine = make_rollout_engine(cfg, policy, model_path, engine)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps,

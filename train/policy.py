@@ -182,6 +182,13 @@ def load_policy(path: str | Path, *, resume_from: str | Path | None = None, lora
     return Policy(model, tokenizer, reference)
 
 
+def freeze_embeddings(model) -> None:
+    """Leave the token embeddings and the output head (tied or not) out of training."""
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.requires_grad_(False)
+
+
 def machine() -> dict:
     """What a run's numbers depend on besides its config and seed: torch, the thread count
     (the order floats are summed in) and the bf16 kernels."""
