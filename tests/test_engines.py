@@ -15,7 +15,7 @@ import torch
 
 from agent.engines import make_engine
 from agent.engines.base import Engine, SamplingParams
-from agent.engines.hf import HFEngine
+from agent.engines.hf import HFEngine, length_buckets
 from agent.engines.openai import OpenAIEngine
 from fakes import sharpen
 
@@ -167,6 +167,53 @@ def test_identical_prompts_share_prefill_but_sample_independently(engine, prompt
     assert prefill_shapes[0] == (1, len(prompts[0]))  # one prefill row for six samples
     assert prefill_shapes[1][0] == 6
     assert len({tuple(g.token_ids) for g in gens}) == 6
+
+
+def test_length_buckets_split_where_padding_is_saved():
+    def padded(buckets, lengths):
+        return sum(len(b) * max(lengths[i] for i in b) for b in buckets)
+
+    lengths = [1] * 12 + [75] + [1] * 17  # one row feeds a passage, the others a token
+    buckets = length_buckets(lengths)
+    assert buckets == [[12], [i for i in range(30) if i != 12]]
+    assert length_buckets(lengths, max_buckets=1) == [sorted(range(30), key=lambda i: -lengths[i])]
+    assert len(length_buckets([40] * 9)) == 1  # nothing to save
+    assert len(length_buckets([10, 9])) == 1  # saves 1 position of 20, under the 10% a call must save
+    spread = [60 + (i * 37) % 111 for i in range(64)]  # passages of 60-170 tokens
+    buckets = length_buckets(spread)
+    assert 2 <= len(buckets) <= 4
+    assert sorted(i for b in buckets for i in b) == list(range(64))
+    assert padded(buckets, spread) < 0.85 * padded([list(range(64))], spread)
+    for b in buckets:
+        assert [spread[i] for i in b] == sorted((spread[i] for i in b), reverse=True)
+
+
+def test_prefill_split_by_length_changes_nothing_but_the_calls(engine, prompts):
+    """Rows that feed very different numbers of tokens prefill in separate calls, merged for
+    the decode: the same ids and logprobs as one padded call, on a first turn and on a turn
+    that continues from the stored prefixes."""
+    model, tok = engine.model, engine.tokenizer
+    long = tok.encode(" ".join(TEXTS * 4))
+    first = [prompts[1], long, prompts[0], prompts[3]]
+    params = SamplingParams(max_new_tokens=6, temperature=0.8, seed=3)
+    split, single = HFEngine(model, tok), HFEngine(model, tok, prefill_buckets=1)
+    outs = {}
+    for name, eng in (("split", split), ("single", single)):
+        gens = eng.generate(first, params)
+        # The next turn: rows extended by an observation of 40 tokens or by 1.
+        second = [p + g.token_ids + (long[:40] if i % 2 else long[:1]) for i, (p, g) in enumerate(zip(first, gens))]
+        outs[name] = (gens, second, eng.generate(second, params))
+    assert split.prefill_calls > single.prefill_calls == 2
+    assert split.prefix_tokens_reused == single.prefix_tokens_reused > 0
+    for turn in (0, 2):
+        for a, b in zip(outs["split"][turn], outs["single"][turn]):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+    for prompt, gen in zip(outs["split"][1], outs["split"][2]):
+        expected = full_forward_logprobs(model, prompt, gen.token_ids, 0.8)
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="prefill_buckets"):
+        HFEngine(model, tok, prefill_buckets=0)
 
 
 def test_stop_token_is_kept_and_ends_the_row(engine, prompts):

@@ -18,9 +18,10 @@ import inspect
 from collections.abc import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from agent.engines.base import Generation, SamplingParams
-from agent.engines.prefix_cache import PrefixStore, extract_rows, prefixed_inputs
+from agent.engines.prefix_cache import PrefixStore, RowKV, extract_rows, prefixed_inputs
 
 # Compact the batch (drop finished rows from the KV cache) once this fraction of its rows is
 # idle. Compaction copies the cache once, about what one decode step's concatenation costs.
@@ -29,6 +30,12 @@ COMPACT_IDLE_FRACTION = 1 / 8
 # stop string of n bytes spans at most n tokens; the slack covers partial characters and
 # decoders that strip a leading space at the start of a window.
 STOP_WINDOW_SLACK = 4
+# A prefill whose rows feed very different numbers of new tokens (a passage in some, a few
+# tokens in others) runs as up to this many forward calls of similar lengths, when a split
+# saves at least this share of the padded positions (`length_buckets`). On the tiny
+# default's rollouts a third of a single call's positions were padding.
+PREFILL_MAX_BUCKETS = 4
+PREFILL_MIN_SAVING = 0.1
 
 
 def sample_next(
@@ -101,13 +108,15 @@ class HFEngine:
     exact_tokens = True
 
     def __init__(self, model, tokenizer, device=None, dtype=None, max_batch_size: int | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, prefill_buckets: int = PREFILL_MAX_BUCKETS):
         if device is not None:
             model.to(device)
         if dtype is not None:
             model.to(_as_dtype(dtype))
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        if prefill_buckets < 1:
+            raise ValueError(f"prefill_buckets must be >= 1 (forward calls a prefill may split into), got {prefill_buckets}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -123,10 +132,12 @@ class HFEngine:
         # Each row's KV states carried to the next call, whose prompts extend these rows.
         self._prefix = PrefixStore(model) if prefix_cache else None
         self.prefix_tokens_reused = 0  # prompt tokens served from the prefix store, for benchmarks
+        self.prefill_buckets = prefill_buckets
+        self.prefill_calls = 0  # forward calls of prefills, for benchmarks
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, device=None, dtype=None, max_batch_size: int | None = None,
-                        prefix_cache: bool = True, **model_kwargs):
+                        prefix_cache: bool = True, prefill_buckets: int = PREFILL_MAX_BUCKETS, **model_kwargs):
         """Load a model directory or hub id with its tokenizer."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,7 +145,8 @@ class HFEngine:
         if dtype is not None:
             model_kwargs.setdefault("dtype", _as_dtype(dtype))
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **model_kwargs)
-        return cls(model, tokenizer, device=device, max_batch_size=max_batch_size, prefix_cache=prefix_cache)
+        return cls(model, tokenizer, device=device, max_batch_size=max_batch_size, prefix_cache=prefix_cache,
+                   prefill_buckets=prefill_buckets)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         if not prompts:
@@ -273,43 +285,78 @@ class HFEngine:
     def _prefill(self, prompts: list[list[int]], lookup=None):
         """Run each distinct prompt once, then expand the cache to one row per prompt.
         A prompt that extends a row of the previous call prefills only its new tokens.
+        Rows whose new tokens differ much in number go through the model in a few calls of
+        similar lengths (`length_buckets`), merged into one batch for the decode.
 
         Returns next-token logits_B_V, the cache, the attention mask_B_S (None when no row is
         padded) and the position of each row's next token (B,).
         """
-        from transformers import DynamicCache
-
         unique: dict[tuple[int, ...], int] = {}
         row_to_unique = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
         distinct = [list(p) for p in unique]
         if max(max(p) for p in distinct) >= self.vocab_size or min(min(p) for p in distinct) < 0:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}), the model's vocabulary size")
-        hits = [PrefixStore.longest(lookup, p) for p in distinct] if lookup else []
-        reused = sum(n for n, _ in hits)
-        self.prefix_tokens_reused += reused
-        if reused:
-            cache_data, ids_U_L, mask_U_L, positions_U_L = prefixed_inputs(distinct, hits, self.pad_id, self.device)
+        hits = [PrefixStore.longest(lookup, p) for p in distinct] if lookup else [(0, None)] * len(distinct)
+        self.prefix_tokens_reused += sum(n for n, _ in hits)
+        buckets = length_buckets([len(p) - n for p, (n, _) in zip(distinct, hits)], self.prefill_buckets)
+        if len(buckets) == 1:
+            logits_U_V, cache, mask_U_S, next_pos_U = self._prefill_rows(distinct, hits)
+        else:
+            parts = [self._prefill_rows([distinct[i] for i in b], [hits[i] for i in b]) for b in buckets]
+            logits_U_V, cache, mask_U_S, next_pos_U = self._merge(parts, buckets)
+        if len(distinct) == len(prompts):
+            return logits_U_V, cache, mask_U_S, next_pos_U
+        expand_B = torch.tensor(row_to_unique, device=self.device)
+        cache.batch_select_indices(expand_B)
+        mask_B_S = None if mask_U_S is None else mask_U_S[expand_B]
+        return logits_U_V[expand_B], cache, mask_B_S, next_pos_U[expand_B]
+
+    def _prefill_rows(self, prompts: list[list[int]], hits: list[tuple[int, RowKV | None]]):
+        """One forward over `prompts` (each after its cached prefix, if any): (logits_B_V,
+        cache, mask_B_S or None, next positions_B)."""
+        from transformers import DynamicCache
+
+        if any(n for n, _ in hits):
+            cache_data, ids_B_L, mask_B_S, positions_B_L = prefixed_inputs(prompts, hits, self.pad_id, self.device)
             cache = DynamicCache(ddp_cache_data=cache_data, config=self.model.config)
         else:
-            ids_U_L, mask_U_L, positions_U_L = left_pad(distinct, self.pad_id, self.device)
+            ids_B_L, mask_B_S, positions_B_L = left_pad(prompts, self.pad_id, self.device)
             cache = DynamicCache(config=self.model.config)
         extra = {"logits_to_keep": 1} if self._keeps_logits else {}
+        self.prefill_calls += 1
         output = self.model(
-            input_ids=ids_U_L,
-            attention_mask=mask_U_L,
-            position_ids=positions_U_L,
+            input_ids=ids_B_L,
+            attention_mask=mask_B_S,
+            position_ids=positions_B_L,
             use_cache=True,
             **{self._cache_arg: cache},
             **extra,
         )
-        logits_U_V = output.logits[:, -1, :]
-        next_pos_U = positions_U_L[:, -1] + 1
-        if len(distinct) == len(prompts):
-            return logits_U_V, cache, mask_U_L, next_pos_U
-        expand_B = torch.tensor(row_to_unique, device=self.device)
-        cache.batch_select_indices(expand_B)
-        mask_B_S = None if mask_U_L is None else mask_U_L[expand_B]
-        return logits_U_V[expand_B], cache, mask_B_S, next_pos_U[expand_B]
+        return output.logits[:, -1, :], cache, mask_B_S, positions_B_L[:, -1] + 1
+
+    def _merge(self, parts, buckets: list[list[int]]):
+        """The prefills of `buckets` as one batch in the rows' original order: each part's KV
+        columns right-aligned in the widest part's width, the columns added on the left masked."""
+        from transformers import DynamicCache
+
+        caches = [cache for _, cache, _, _ in parts]
+        widths = [cache.layers[0].keys.shape[-2] for cache in caches]
+        width = max(widths)
+        order_B = torch.tensor([i for b in buckets for i in b], device=self.device)
+        inverse_B = torch.empty_like(order_B)
+        inverse_B[order_B] = torch.arange(len(order_B), device=self.device)
+
+        def aligned(tensors):  # (n, H, w, D) each -> (B, H, width, D), original row order
+            return torch.cat([F.pad(t, (0, 0, width - w, 0)) for t, w in zip(tensors, widths)])[inverse_B]
+
+        cache_data = [(aligned([c.layers[layer].keys for c in caches]), aligned([c.layers[layer].values for c in caches]))
+                      for layer in range(len(caches[0].layers))]
+        mask_B_S = torch.cat([F.pad(mask if mask is not None else torch.ones(len(b), w, dtype=torch.long, device=self.device),
+                                    (width - w, 0)) for (_, _, mask, _), b, w in zip(parts, buckets, widths)])[inverse_B]
+        logits_B_V = torch.cat([logits for logits, _, _, _ in parts])[inverse_B]
+        next_pos_B = torch.cat([pos for _, _, _, pos in parts])[inverse_B]
+        cache = DynamicCache(ddp_cache_data=cache_data, config=self.model.config)
+        return logits_B_V, cache, None if bool(mask_B_S.all()) else mask_B_S, next_pos_B
 
     def _check_stop_strings(self, rows, out_ids, finish, stop_reason, stop_strings, window) -> None:
         """End rows whose new text now contains a stop string, decoding only a tail window."""
@@ -343,6 +390,32 @@ def _compact_cache(cache, keep_B: torch.Tensor, mask_B_S: torch.Tensor | None) -
                 layer.values = layer.values[:, :, first:, :]
         mask_B_S = mask_B_S[:, first:]
     return None if bool(mask_B_S.all()) else mask_B_S
+
+
+def length_buckets(lengths: list[int], max_buckets: int = PREFILL_MAX_BUCKETS,
+                    min_saving: float = PREFILL_MIN_SAVING) -> list[list[int]]:
+    """Row indices in runs of similar `lengths` (longest first), one forward call each.
+
+    A batch pads every row to its longest, so a turn where some rows feed a passage and
+    others a few tokens pays for the passage in every row. Splits the sorted rows where a
+    split saves the most padded positions, while a split saves at least `min_saving` of
+    what the batch costs, up to `max_buckets` calls.
+    """
+    buckets = [sorted(range(len(lengths)), key=lambda i: -lengths[i])]
+    while len(buckets) < max_buckets:
+        cost = sum(len(b) * lengths[b[0]] for b in buckets)
+        best = (0, 0, 0)  # (saving, bucket, split position)
+        for j, b in enumerate(buckets):
+            top = lengths[b[0]]
+            for k in range(1, len(b)):
+                if lengths[b[k]] < lengths[b[k - 1]]:
+                    saving = (len(b) - k) * (top - lengths[b[k]])
+                    best = max(best, (saving, j, k))
+        saving, j, k = best
+        if saving == 0 or saving < min_saving * cost:
+            break
+        buckets[j : j + 1] = [buckets[j][:k], buckets[j][k:]]
+    return buckets
 
 
 def _eos_ids(tokenizer, model) -> Iterable[int]:
