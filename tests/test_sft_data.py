@@ -138,3 +138,29 @@ def test_demonstrations_with_misses_show_the_judge_recovering(world):
     with_misses, n_with = recoveries(0.3)
     assert with_misses > max(3 * without, 10)
     assert 0.5 * n_without < n_with < n_without  # some misses are never recovered: those demonstrations go
+
+
+def test_a_new_tiny_model_trains_with_eager_attention_and_the_same_values(world, tiny_model_dir):
+    import torch
+
+    from train.batching import collate_segments
+    from train.sft import load_policy_for_sft, sft_losses
+
+    model, tok = load_policy_for_sft(SFTConfig(model="tiny", data=str(world), tiny_hidden_size=64, tiny_layers=2))
+    assert model.config._attn_implementation == "eager"
+    chosen, _ = load_policy_for_sft(SFTConfig(model="tiny", data=str(world), tiny_hidden_size=64, tiny_layers=2,
+                                              attn_implementation="sdpa"))
+    assert chosen.config._attn_implementation == "sdpa"
+    pretrained, _ = load_policy_for_sft(SFTConfig(model=str(tiny_model_dir)))
+    assert pretrained.config._attn_implementation == "sdpa"  # a given model keeps its default
+    # Only the kernels differ: the same loss on padded rows of different lengths.
+    from agent.types import Segment
+
+    segments = [Segment(list(range(5, 5 + n)), list(range(40, 46)), [1] * 6, [0.0] * 6) for n in (3, 17, 9)]
+    batch = collate_segments(segments, tok.pad_token_id)
+    with torch.no_grad():
+        eager = sft_losses(model, batch)
+        model.set_attn_implementation("sdpa")
+        sdpa = sft_losses(model, batch)
+    for a, b in zip(eager, sdpa):
+        assert abs(a.item() - b.item()) < 1e-5
