@@ -386,3 +386,35 @@ def test_greedy_samples_train_on_policy_and_bad_counts_are_refused(setup, tiny_m
         main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "3"])
     with pytest.raises(ValueError, match="greedy_samples needs rollout_engine=hf"):
         main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "1", "--rollout_engine", "vllm"])
+
+
+def test_eager_attention_trains_as_sdpa_does(setup, tiny_model_dir, monkeypatch):
+    """The attention kernels are a speed setting: with --attn_implementation eager the update
+    runs eager attention, and step 1 logs the default's (SDPA) loss and gradient norm up to
+    rounding (in float32: bf16 autocast rounds the two kernels' tiny gradients differently)."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from train.policy import training_attention
+
+    assert training_attention("auto", tiny=True) == "eager" and training_attention("auto", tiny=False) is None
+    assert training_attention("sdpa", tiny=True) == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        training_attention("", tiny=True)
+    eager_with_grad = []
+    eager = modeling_qwen2.eager_attention_forward
+
+    def counted(*a, **k):
+        eager_with_grad.append(torch.is_grad_enabled())
+        return eager(*a, **k)
+
+    monkeypatch.setattr(modeling_qwen2, "eager_attention_forward", counted)
+    runs, trained_eager = {}, {}
+    for attention in ("sdpa", "eager"):
+        out = setup / f"attention-{attention}"
+        eager_with_grad.clear()
+        main(args(setup, tiny_model_dir, out, 1) + ["--attn_implementation", attention, "--entropy_coef", "0.01",
+                                                     "--autocast", "none"])
+        runs[attention], trained_eager[attention] = metrics(out)[0], sum(eager_with_grad)
+    assert trained_eager == {"sdpa": 0, "eager": trained_eager["eager"]} and trained_eager["eager"] > 0
+    for key in ("loss", "grad_norm", "entropy", "reward"):
+        assert runs["eager"][key] == pytest.approx(runs["sdpa"][key], rel=1e-4, abs=1e-6), key

@@ -189,6 +189,21 @@ def freeze_embeddings(model) -> None:
             module.requires_grad_(False)
 
 
+def training_attention(setting: str, tiny: bool) -> str | None:
+    """The attention implementation a model trains with, or None for its default.
+
+    `auto` is eager attention for the embedded tiny model and the default (SDPA) for any
+    other: at the tiny model's rows of a few hundred tokens on a CPU, the backward of
+    PyTorch's fused SDPA kernel is the slow part, and eager attention trains 10-15% faster
+    with the same values (pretraining, SFT and the GRPO update alike; sampling with the
+    KV cache is not faster, so a sampler copy keeps SDPA)."""
+    if not setting:
+        raise ValueError("attn_implementation must be auto or a transformers attention implementation, got ''")
+    if setting == "auto":
+        return "eager" if tiny else None
+    return setting
+
+
 def machine() -> dict:
     """What a run's numbers depend on besides its config and seed: torch, the thread count
     (the order floats are summed in) and the bf16 kernels."""

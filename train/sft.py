@@ -34,7 +34,7 @@ from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.policy import autocast_dtype, autocast_to, machine
+from train.policy import autocast_dtype, autocast_to, machine, training_attention
 
 console = Console(stderr=True)
 
@@ -87,10 +87,9 @@ class SFTConfig:
         "loss_mask tokens", None)
     autocast: str = doc("auto (bf16 autocast where the CPU or GPU computes bf16 natively) | bf16 | none", "auto")
     attn_implementation: str = doc(
-        "attention kernels while training: auto (eager for a new tiny model, whose rows of a few hundred tokens "
-        "train 10-15% faster with it than with PyTorch's SDPA on a CPU, where the fused kernel's backward is the "
-        "slow part; else the model's default) | eager | sdpa | any value transformers accepts. The saved model "
-        "keeps its default", "auto")
+        "attention kernels while training: auto (eager for a new tiny model, which trains 10-15% faster with it "
+        "on a CPU; else the model's default, SDPA: train/policy.py, training_attention) | eager | sdpa | any "
+        "value transformers accepts. The saved model keeps its default", "auto")
     heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
@@ -257,14 +256,15 @@ def load_policy_for_sft(cfg: SFTConfig):
         tokenizer = tokenizer_for_world(cfg.data, vocab_size=cfg.tiny_vocab_size)
         size = TinyModelConfig.scaled(cfg.tiny_hidden_size, cfg.tiny_layers)
         model = build_model(tokenizer, size, seed=cfg.seed)
-        model.set_attn_implementation("eager" if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+        model.set_attn_implementation(training_attention(cfg.attn_implementation, tiny=True))
         return model, tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
+    attention = training_attention(cfg.attn_implementation, tiny=False)
+    kwargs = {"attn_implementation": attention} if attention else {}
     return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, **kwargs), tokenizer
 
 
