@@ -216,6 +216,15 @@ def test_prefill_split_by_length_changes_nothing_but_the_calls(engine, prompts):
         HFEngine(model, tok, prefill_buckets=0)
 
 
+def test_a_sliding_window_model_keeps_one_prefill_call(tiny_tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=0)
+    assert HFEngine(Qwen2ForCausalLM(config), tiny_tokenizer).prefill_buckets == 1
+
+
 def test_stop_token_is_kept_and_ends_the_row(engine, prompts):
     ref = greedy(engine, prompts[:1])[0].token_ids
     # The first token that did not already occur earlier, a few steps in.

@@ -132,7 +132,8 @@ class HFEngine:
         # Each row's KV states carried to the next call, whose prompts extend these rows.
         self._prefix = PrefixStore(model) if prefix_cache else None
         self.prefix_tokens_reused = 0  # prompt tokens served from the prefix store, for benchmarks
-        self.prefill_buckets = prefill_buckets
+        # A split prefill merges its caches column by column: full-attention cache layers only.
+        self.prefill_buckets = prefill_buckets if _full_attention_cache(model) else 1
         self.prefill_calls = 0  # forward calls of prefills, for benchmarks
 
     @classmethod
@@ -416,6 +417,16 @@ def length_buckets(lengths: list[int], max_buckets: int = PREFILL_MAX_BUCKETS,
             break
         buckets[j : j + 1] = [buckets[j][:k], buckets[j][k:]]
     return buckets
+
+
+def _full_attention_cache(model) -> bool:
+    """Whether the model's KV cache is all plain layers (no sliding window, no static size)."""
+    from transformers import DynamicCache
+
+    try:
+        return all(type(layer).__name__ == "DynamicLayer" for layer in DynamicCache(config=model.config).layers)
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def _eos_ids(tokenizer, model) -> Iterable[int]:
