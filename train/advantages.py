@@ -271,7 +271,7 @@ def process_advantages(
     outcome_rewards_N: torch.Tensor, group_ids_N: torch.Tensor, step_rewards_B_T: torch.Tensor,
     step_index_B_T: torch.Tensor, loss_mask_B_T: torch.Tensor, traj_index_B: torch.Tensor,
     process_weight: float = 1.0, gamma: float = 1.0, scale_by_std: bool = True, eps: float = 1e-6,
-    step_keys_B_T: torch.Tensor | None = None,
+    step_keys_B_T: torch.Tensor | None = None, outcome_advantages_B_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, T) GRPO outcome advantage on every sampled token + `process_weight` x process advantage.
 
@@ -290,6 +290,9 @@ def process_advantages(
     to the group's steps with the same key: rule-based step rewards rate only some kinds of
     step (searches, judges), and counting every answer step as a step that earned 0 pushes
     every answer down.
+
+    `outcome_advantages_B_T` replaces the GRPO outcome advantage with per-token ones placed
+    otherwise (e.g. `train.tree_credit`: the credit where a group's samples part).
     """
     packing, r_N_S, is_step_N_S = _packed_steps(
         outcome_rewards_N, group_ids_N, step_rewards_B_T, step_index_B_T, loss_mask_B_T, traj_index_B)
@@ -301,8 +304,13 @@ def process_advantages(
     normalised_N_S = torch.zeros_like(r_N_S)
     normalised_N_S[n_M, s_M] = _group_normalise(r_N_S[n_M, s_M], keys_M, scale_by_std, eps)
     process_N_S = _returns(normalised_N_S, gamma)
-    outcome_N = grpo_outcome_advantages(outcome_rewards_N, group_ids_N, scale_by_std, eps)
-    return packing.unpack((outcome_N[:, None] + process_weight * process_N_S) * packing.valid_N_S)
+    if outcome_advantages_B_T is None:
+        outcome_N_S = grpo_outcome_advantages(outcome_rewards_N, group_ids_N, scale_by_std, eps)[:, None]
+    else:
+        _check_same_shape(outcome_advantages_B_T=outcome_advantages_B_T, loss_mask_B_T=loss_mask_B_T)
+        _check_nothing_on_unsampled(outcome_advantages_B_T != 0, loss_mask_B_T, "outcome_advantages_B_T")
+        outcome_N_S = packing.pack(outcome_advantages_B_T.float())
+    return packing.unpack((outcome_N_S + process_weight * process_N_S) * packing.valid_N_S)
 
 
 def scale_negatives(adv_B_T: torch.Tensor, weight: float) -> torch.Tensor:

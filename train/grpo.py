@@ -87,6 +87,11 @@ class GRPOConfig:
     rewards: str = doc("reward spec: a JSON list of {name, weight, ...} (see rewards/registry.py)", DEFAULT_REWARDS)
     advantage: str = doc("process (GRPO outcome + normalised step rewards) | grpo | dr_grpo | rloo | reinforce_pp", "process")
     process_weight: float = doc("weight of the process advantage (advantage=process)", 0.5)
+    outcome_credit: str = doc(
+        "advantage=process: where the outcome advantage lands. sequence: every sampled token gets its trajectory's "
+        "(GRPO) | tree: each sampled token gets the change it makes in the mean outcome of the group's samples "
+        "sharing the stream before it (train/tree_credit.py): 0 on what the samples share, the credit where "
+        "they part, adding up to the trajectory's GRPO advantage", "sequence")
     negative_weight: float = doc("scale of negative advantages (1 = as estimated; < 1 pushes less on worse-than-average samples)", 0.3)
     scale_by_std: bool = doc("advantage=process: divide group-centred rewards by the group's std (GRPO); false "
                              "centres only (Dr.GRPO), so a group whose rewards differ by a hair gets a hair of "
@@ -185,6 +190,8 @@ class GRPOConfig:
         if not 0 <= self.greedy_samples < self.group_size:
             raise ValueError(f"greedy_samples must be in [0, group_size={self.group_size}) (a group needs a sampled "
                              f"trajectory to compare with), got {self.greedy_samples}")
+        if self.outcome_credit not in ("sequence", "tree"):
+            raise ValueError(f"outcome_credit must be sequence or tree, got {self.outcome_credit!r}")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
         if not 0 < self.entropy_top_share <= 1:
