@@ -223,8 +223,8 @@ def test_scale_by_std_false_centres_the_group_rewards_only():
                           answer="a" if ok else "b")
 
     trajs, scores = [traj(0, True), traj(1, False)], [Score(1.0, [0.0, 0.0]), Score(0.0, [0.0, 0.0])]
-    centred = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False), pad_id=0).adv_B_T
-    scaled = advantages_for(trajs, scores, GRPOConfig(), pad_id=0).adv_B_T
+    centred = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, outcome_credit="sequence"), pad_id=0).adv_B_T
+    scaled = advantages_for(trajs, scores, GRPOConfig(outcome_credit="sequence"), pad_id=0).adv_B_T
     # rewards 1 and 0: r - mean = +-0.5; divided by their std (0.7071) = +-0.7071; negatives x0.3
     torch.testing.assert_close(centred, torch.tensor([[0.0, 0.0] + [0.5] * 4, [0.0, 0.0] + [-0.15] * 4]))  # prompt: 0
     torch.testing.assert_close(scaled, torch.tensor([[0.0, 0.0] + [0.70711] * 4, [0.0, 0.0] + [-0.21213] * 4]),

@@ -92,7 +92,8 @@ class GRPOConfig:
         "advantage=process: where the outcome advantage lands. sequence: every sampled token gets its trajectory's "
         "(GRPO) | tree: each sampled token gets the change it makes in the mean outcome of the group's samples "
         "sharing the stream before it (train/tree_credit.py): 0 on what the samples share, the credit where "
-        "they part, adding up to the trajectory's GRPO advantage", "sequence")
+        "they part, adding up to the trajectory's GRPO advantage. On the tiny default's 0.234 warm start tree gained "
+        "+3.2 test EM over 4 seeds against +2.3, higher on every seed (train/RESULTS.md)", "tree")
     negative_weight: float = doc("scale of negative advantages (1 = as estimated; < 1 pushes less on worse-than-average samples)", 0.3)
     scale_by_std: bool = doc("advantage=process: divide group-centred rewards by the group's std (GRPO); false "
                              "centres only (Dr.GRPO), so a group whose rewards differ by a hair gets a hair of "
