@@ -136,3 +136,20 @@ def test_the_docstring_example_holds():
 
     result = doctest.testmod(train.tree_credit)
     assert result.attempted == 2 and result.failed == 0  # the call and its printed value
+
+
+def test_process_advantages_refuse_outcome_credit_off_sampled_tokens():
+    from train.advantages import process_advantages
+
+    mask = torch.tensor([[0, 1, 1, 0, 1]])
+    no_steps, at_no_step = torch.zeros(1, 5), torch.full((1, 5), -1)
+    placed = torch.tensor([[0.0, 0.0, 0.5, 0.0, 0.0]])
+    adv = process_advantages(torch.tensor([1.0]), torch.tensor([0]), no_steps, at_no_step, mask, torch.tensor([0]),
+                             outcome_advantages_B_T=placed)
+    torch.testing.assert_close(adv, placed)  # no step rewards: the outcome credit as given
+    with pytest.raises(ValueError, match="outcome_advantages_B_T is set on 1 positions with loss_mask 0"):
+        process_advantages(torch.tensor([1.0]), torch.tensor([0]), no_steps, at_no_step, mask, torch.tensor([0]),
+                           outcome_advantages_B_T=torch.tensor([[0.0, 0.0, 0.5, 0.2, 0.0]]))
+    with pytest.raises(ValueError, match="expected 2-D tensors of one shape"):
+        process_advantages(torch.tensor([1.0]), torch.tensor([0]), no_steps, at_no_step, mask, torch.tensor([0]),
+                           outcome_advantages_B_T=torch.zeros(1, 4))
