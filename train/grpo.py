@@ -47,8 +47,7 @@ from train.config import doc, parse_config
 from train.demos import progress_bar
 from train.loss import KL_ESTIMATORS
 from train.metrics_log import Trackers, append_jsonl, plot_curves, truncate_after
-from train.policy import (autocast_dtype, freeze_embeddings, load_policy, machine, rollout_model, sampler_weights,
-                          training_attention)
+from train.policy import freeze_embeddings, load_policy, machine, rollout_model, sampler_weights, training_attention
 from train.update import advantages_for, group_stats, policy_update
 
 console = Console(stderr=True)
@@ -143,10 +142,9 @@ class GRPOConfig:
                                   "then goes through the transformer blocks only. On the tiny default it gained what "
                                   "the default does over 3 seeds (+2.5 test EM; train/RESULTS.md)", False)
     attn_implementation: str = doc(
-        "attention kernels of the trained model: auto (eager for the tiny default under bf16 autocast, whose "
-        "update it makes ~10% faster there on a CPU; else the model's default, SDPA, faster in float32: "
-        "train/policy.py, training_attention) | eager | sdpa | any value transformers accepts. A bf16 rollout "
-        "copy keeps SDPA", "auto")
+        "attention kernels of the trained model: auto (eager for the tiny default, whose update it makes ~10% "
+        "faster on a CPU; else the model's default, SDPA: train/policy.py, training_attention) | eager | sdpa | "
+        "any value transformers accepts. A bf16 rollout copy keeps SDPA", "auto")
     lora_r: int = doc("LoRA rank (0 = full fine-tuning)", 0)
     gradient_checkpointing: bool = doc("trade compute for memory", False)
     dtype: str = doc("auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16", "auto")
@@ -348,8 +346,7 @@ def main(argv=None) -> dict:
         freeze_embeddings(policy.model)
     rollout_engine = make_rollout_engine(cfg, policy, model_path, engine)
     # After the sampler's copy is made, which keeps SDPA (eager attention samples no faster).
-    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny",
-                                   autocast=autocast_dtype(cfg.autocast, next(policy.model.parameters()).device))
+    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
     if attention:
         policy.model.set_attn_implementation(attention)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]

@@ -189,21 +189,18 @@ def freeze_embeddings(model) -> None:
             module.requires_grad_(False)
 
 
-def training_attention(setting: str, tiny: bool, autocast: torch.dtype | None = None) -> str | None:
+def training_attention(setting: str, tiny: bool) -> str | None:
     """The attention implementation a model trains with, or None for its default.
 
-    `auto` is eager attention for the embedded tiny model when it trains under bf16
-    autocast, and the default (SDPA) otherwise. Under bf16 autocast on a CPU, at the tiny
-    model's rows of a few hundred tokens, the backward of PyTorch's fused SDPA kernel is the
-    slow part, and eager attention trained 10-15% faster with the same values (pretraining,
-    SFT and the GRPO update alike, on an AVX512-BF16 CPU). In float32 it is the other way:
-    on an AVX2-only CPU a training step of 12-16 rows of 254-400 tokens took 1.25-1.39x as
-    long with eager attention as with SDPA. Sampling with the KV cache is not faster either
-    way, so a sampler copy keeps SDPA."""
+    `auto` is eager attention for the embedded tiny model and the default (SDPA) for any
+    other: at the tiny model's rows of a few hundred tokens on a CPU, the backward of
+    PyTorch's fused SDPA kernel is the slow part, and eager attention trains 10-15% faster
+    with the same values (pretraining, SFT and the GRPO update alike; sampling with the
+    KV cache is not faster, so a sampler copy keeps SDPA)."""
     if not setting:
         raise ValueError("attn_implementation must be auto or a transformers attention implementation, got ''")
     if setting == "auto":
-        return "eager" if tiny and autocast == torch.bfloat16 else None
+        return "eager" if tiny else None
     return setting
 
 

@@ -87,10 +87,9 @@ class SFTConfig:
         "loss_mask tokens", None)
     autocast: str = doc("auto (bf16 autocast where the CPU or GPU computes bf16 natively) | bf16 | none", "auto")
     attn_implementation: str = doc(
-        "attention kernels while training: auto (eager for a new tiny model under bf16 autocast, which trains "
-        "10-15% faster with it there on a CPU; else the model's default, SDPA, 1.25-1.39x faster than eager in "
-        "float32: train/policy.py, training_attention) | eager | sdpa | any value transformers accepts. The "
-        "saved model keeps its default", "auto")
+        "attention kernels while training: auto (eager for a new tiny model, which trains 10-15% faster with it "
+        "on a CPU; else the model's default, SDPA: train/policy.py, training_attention) | eager | sdpa | any "
+        "value transformers accepts. The saved model keeps its default", "auto")
     heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
@@ -257,10 +256,7 @@ def load_policy_for_sft(cfg: SFTConfig):
         tokenizer = tokenizer_for_world(cfg.data, vocab_size=cfg.tiny_vocab_size)
         size = TinyModelConfig.scaled(cfg.tiny_hidden_size, cfg.tiny_layers)
         model = build_model(tokenizer, size, seed=cfg.seed)
-        attention = training_attention(cfg.attn_implementation, tiny=True,
-                                       autocast=autocast_dtype(cfg.autocast, next(model.parameters()).device))
-        if attention:
-            model.set_attn_implementation(attention)
+        model.set_attn_implementation(training_attention(cfg.attn_implementation, tiny=True))
         return model, tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
