@@ -52,12 +52,10 @@ def advantages_for(trajs: list[Trajectory], scores: list[Score], cfg, pad_id: in
             key_rows = [[kinds.setdefault(t.steps[i].kind, len(kinds)) if i >= 0 else -1 for i in row]
                         for t, p in zip(trajs, placed) for row in p.step_index]
             keys_B_T = response_values_to_rows(key_rows, batch.attention_mask, fill=-1, dtype=torch.long)
-        outcome_B_T = None
+        outcome_B_T = None  # sequence credit: GRPO's advantage on every token (GRPOConfig checks the name)
         if cfg.outcome_credit == "tree":
             outcome_B_T = response_values_to_rows(
                 tree_advantage_rows(trajs, outcome_N, group_ids_N, scale_by_std=cfg.scale_by_std), batch.attention_mask)
-        elif cfg.outcome_credit != "sequence":
-            raise ValueError(f"unknown outcome_credit {cfg.outcome_credit!r}; expected sequence or tree")
         adv_B_T = process_advantages(outcome_N, group_ids_N, step_rewards_B_T, step_index_B_T, mask_B_T,
                                      traj_index_B, process_weight=cfg.process_weight, step_keys_B_T=keys_B_T,
                                      scale_by_std=cfg.scale_by_std, outcome_advantages_B_T=outcome_B_T)
