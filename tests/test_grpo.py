@@ -187,6 +187,11 @@ def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
                  "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
                  "--temperature", "1.0", "--steps", "1", "--oversample", "2"])
     assert out["trajectories"] == {"rolled out": 8, "trained on": 4}
+    assert out["attention"] == "sdpa"  # a model given by path keeps its default, as in the trainer
+    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
+                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
+                 "--steps", "1", "--oversample", "1", "--attn_implementation", "eager"])
+    assert out["attention"] == "eager"
 
 
 def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_model_dir):

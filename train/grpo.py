@@ -199,6 +199,12 @@ class GRPOConfig:
             raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 
 
+def make_optimizer(params, cfg):
+    """AdamW over the trainable weights: no weight decay (the KL term holds the policy near its
+    start), a short second-moment memory (0.99) for a policy that moves every step."""
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, weight_decay=0.0)
+
+
 def lr_scheduler(optimizer, cfg):
     """Warmup then `cfg.lr_schedule` to max_steps, stepped once per step of questions."""
     from transformers import get_scheduler
@@ -350,8 +356,7 @@ def main(argv=None) -> dict:
     if attention:
         policy.model.set_attn_implementation(attention)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps,
-                                  weight_decay=0.0)
+    optimizer = make_optimizer(trainable, cfg)
     scheduler = lr_scheduler(optimizer, cfg)
     average = WeightAverage(trainable)
     if cfg.top_k is None:

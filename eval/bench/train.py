@@ -1,6 +1,10 @@
 """Where a GRPO step's time goes, on the default configuration.
 
-    python -m eval.bench.train --model data/world-0/tiny/policy-sft --steps 3
+    python -m eval.bench.train --steps 3
+
+The model is the trainer's: `tiny` (the default) is the embedded warm start, built on first
+use and trained with the attention the trainer gives it; any other `--model` as `train/grpo.py`
+loads it.
 
 Runs `--steps` steps of the trainer's own functions (rollout, rewards, advantages, update,
 trace records) and splits each step into generation, retrieval, rollout bookkeeping,
@@ -44,8 +48,8 @@ def main(argv=None) -> dict:
     from retrieval import open_retriever
     from rewards.registry import build_reward
     from train.config import parse_config
-    from train.grpo import GRPOConfig, next_questions, pick_groups
-    from train.policy import load_policy, rollout_model
+    from train.grpo import GRPOConfig, make_optimizer, next_questions, pick_groups
+    from train.policy import freeze_embeddings, load_policy, rollout_model, training_attention
     from train.update import advantages_for, policy_update
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -55,15 +59,26 @@ def main(argv=None) -> dict:
         steps = int(argv[at + 1])
         del argv[at : at + 2]
     cfg = parse_config(GRPOConfig, argv)
-    policy = load_policy(cfg.model, need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
+    model_path = cfg.model
+    if cfg.model == "tiny":  # as the trainer: the embedded warm start, built on first use
+        from train.prepare import ensure_default
+
+        _, _, model_path = ensure_default(cfg.data, cfg.index, eval_questions=0)
+    policy = load_policy(model_path, need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
     sampler = rollout_model(policy, cfg.rollout_dtype)
+    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
+    if attention:  # after the sampler copy, which keeps its own attention, as in the trainer
+        policy.model.set_attn_implementation(attention)
     engine, retriever = Timed(HFEngine(sampler, policy.tokenizer), "generate"), Timed(open_retriever(cfg.index), "search")
     engine.tokenizer = policy.tokenizer
     train_set = load_qa(cfg.data, "train")
     by_id = {ex.id: ex for ex in train_set}
     reward = build_reward(json.loads(cfg.rewards))
-    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    rcfg = RolloutConfig(top_k=cfg.top_k or 2, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+    if cfg.freeze_embeddings:
+        freeze_embeddings(policy.model)
+    optimizer = make_optimizer([p for p in policy.model.parameters() if p.requires_grad], cfg)
+    top_k = cfg.top_k or (2 if cfg.model == "tiny" else 3)
+    rcfg = RolloutConfig(top_k=top_k, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature)
     parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
                               "reference logprobs", "update", "trace records")}
@@ -103,7 +118,9 @@ def main(argv=None) -> dict:
         update_tokens += adv.batch.n_tokens
     total = sum(parts.values())
     rolled = f" (of {n_rolled} rolled out)" if n_rolled > cfg.questions_per_step else ""
-    table = Table(title=f"{steps} GRPO steps · {cfg.questions_per_step} questions{rolled} x {cfg.group_size} samples · {cfg.model}")
+    trained_with = policy.model.config._attn_implementation
+    table = Table(title=f"{steps} GRPO steps · {cfg.questions_per_step} questions{rolled} x {cfg.group_size} samples · "
+                        f"{cfg.model} · {trained_with} attention in the update")
     for col in ("part", "seconds/step", "share", "tokens/s"):
         table.add_column(col, justify="right")
     for name, sec in parts.items():
@@ -117,7 +134,7 @@ def main(argv=None) -> dict:
     amp = bf16_against_float32(policy.model, adv.batch, cfg.temperature)
     merged = merged_against_whole(policy, adv, cfg)
     sampling = bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg)
-    return {**{k: v / steps for k, v in parts.items()}, "trajectories": counts, "head": head, "bf16": amp, "merge": merged,
+    return {**{k: v / steps for k, v in parts.items()}, "trajectories": counts, "attention": trained_with, "head": head, "bf16": amp, "merge": merged,
             "bf16_sampler": sampling}
 
 
