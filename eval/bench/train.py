@@ -134,8 +134,8 @@ def main(argv=None) -> dict:
     amp = bf16_against_float32(policy.model, adv.batch, cfg.temperature)
     merged = merged_against_whole(policy, adv, cfg)
     sampling = bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg)
-    return {**{k: v / steps for k, v in parts.items()}, "trajectories": counts, "attention": trained_with, "head": head, "bf16": amp, "merge": merged,
-            "bf16_sampler": sampling}
+    return {**{k: v / steps for k, v in parts.items()}, "trajectories": counts, "attention": trained_with,
+            "head": head, "bf16": amp, "merge": merged, "bf16_sampler": sampling}
 
 
 def bf16_sampler_against_float32(policy, retriever, questions, rcfg, cfg, repeats: int = 2) -> dict:
