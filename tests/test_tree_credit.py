@@ -108,14 +108,16 @@ def test_the_trainer_places_tree_credit_in_place_of_the_sequence_advantage():
     trajs = [_traj(0, [([5, 6], [1, 2, 3, 4], [1, 1, 1, 1])], True),
              _traj(1, [([5, 6], [1, 2, 3, 9], [1, 1, 1, 1])], False)]
     scores = [Score(1.0, [0.0, 0.0]), Score(0.0, [0.0, 0.0])]
-    sequence = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="sequence"), pad_id=0).adv_B_T
+    sequence = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, negative_weight=1.0,
+                                                        outcome_credit="sequence"), pad_id=0).adv_B_T
     tree = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="tree"),
                           pad_id=0).adv_B_T
     torch.testing.assert_close(sequence, torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.5, 0.5], [0.0, 0.0, -0.5, -0.5, -0.5, -0.5]]))
     torch.testing.assert_close(tree, torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0, -0.5]]))
     # with step rewards, the process part adds to both alike
     stepped = [Score(1.5, [0.5, 0.0]), Score(0.0, [0.0, 0.0])]
-    seq2 = advantages_for(trajs, stepped, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="sequence"), pad_id=0).adv_B_T
+    seq2 = advantages_for(trajs, stepped, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="sequence"),
+                          pad_id=0).adv_B_T
     tree2 = advantages_for(trajs, stepped, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="tree"),
                            pad_id=0).adv_B_T
     torch.testing.assert_close(seq2 - sequence, tree2 - tree)

@@ -199,6 +199,21 @@ class GRPOConfig:
             raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
 
 
+def policy_path(cfg) -> str:
+    """The directory or hub id to load: `tiny` is the embedded warm start, built on first use
+    (without the build's own dev evaluation: a run evaluates dev itself)."""
+    if cfg.model != "tiny":
+        return cfg.model
+    from train.prepare import ensure_default
+
+    return str(ensure_default(cfg.data, cfg.index, eval_questions=0)[2])
+
+
+def passages_per_search(cfg) -> int:
+    """`cfg.top_k`, or its default: 2 for the tiny policy, as in its warm start; else 3."""
+    return cfg.top_k if cfg.top_k is not None else (2 if cfg.model == "tiny" else 3)
+
+
 def make_optimizer(params, cfg):
     """AdamW over the trainable weights: no weight decay (the KL term holds the policy near its
     start), a short second-moment memory (0.99) for a policy that moves every step."""
@@ -322,12 +337,7 @@ def main(argv=None) -> dict:
     from retrieval import open_retriever
     from rewards.registry import build_reward
 
-    model_path = cfg.model
-    if cfg.model == "tiny":
-        from train.prepare import ensure_default
-
-        # The build's own dev evaluation is skipped: the run below evaluates dev at step 0.
-        _, _, model_path = ensure_default(cfg.data, cfg.index, eval_questions=0)
+    model_path = policy_path(cfg)
     train_data, train_index = cfg.train_data or cfg.data, cfg.train_index or cfg.index
     train_set, dev_set = load_qa(train_data, "train"), load_qa(cfg.data, "dev")[: cfg.eval_questions]
     test_set = load_qa(cfg.data, "test")[: cfg.test_questions] if cfg.test_questions else []
@@ -359,8 +369,7 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(trainable, cfg)
     scheduler = lr_scheduler(optimizer, cfg)
     average = WeightAverage(trainable)
-    if cfg.top_k is None:
-        cfg.top_k = 2 if cfg.model == "tiny" else 3
+    cfg.top_k = passages_per_search(cfg)
     rcfg = RolloutConfig(top_k=cfg.top_k, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, greedy_samples=cfg.greedy_samples)
     metrics_path, traces = out / "metrics.jsonl", TraceWriter(out / "traces.jsonl")

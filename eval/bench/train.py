@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     from retrieval import open_retriever
     from rewards.registry import build_reward
     from train.config import parse_config
-    from train.grpo import GRPOConfig, make_optimizer, next_questions, pick_groups
+    from train.grpo import GRPOConfig, make_optimizer, next_questions, passages_per_search, pick_groups, policy_path
     from train.policy import freeze_embeddings, load_policy, rollout_model, training_attention
     from train.update import advantages_for, policy_update
 
@@ -59,12 +59,7 @@ def main(argv=None) -> dict:
         steps = int(argv[at + 1])
         del argv[at : at + 2]
     cfg = parse_config(GRPOConfig, argv)
-    model_path = cfg.model
-    if cfg.model == "tiny":  # as the trainer: the embedded warm start, built on first use
-        from train.prepare import ensure_default
-
-        _, _, model_path = ensure_default(cfg.data, cfg.index, eval_questions=0)
-    policy = load_policy(model_path, need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
+    policy = load_policy(policy_path(cfg), need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
     sampler = rollout_model(policy, cfg.rollout_dtype)
     attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
     if attention:  # after the sampler copy, which keeps its own attention, as in the trainer
@@ -77,8 +72,7 @@ def main(argv=None) -> dict:
     if cfg.freeze_embeddings:
         freeze_embeddings(policy.model)
     optimizer = make_optimizer([p for p in policy.model.parameters() if p.requires_grad], cfg)
-    top_k = cfg.top_k or (2 if cfg.model == "tiny" else 3)
-    rcfg = RolloutConfig(top_k=top_k, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+    rcfg = RolloutConfig(top_k=passages_per_search(cfg), max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature)
     parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
                               "reference logprobs", "update", "trace records")}
