@@ -214,10 +214,20 @@ def passages_per_search(cfg) -> int:
     return cfg.top_k if cfg.top_k is not None else (2 if cfg.model == "tiny" else 3)
 
 
-def make_optimizer(params, cfg):
-    """AdamW over the trainable weights: no weight decay (the KL term holds the policy near its
-    start), a short second-moment memory (0.99) for a policy that moves every step."""
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, weight_decay=0.0)
+def prepare_update(policy, cfg) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """Ready the trained model for its updates, after the rollout engine has taken its copy (which
+    keeps its own attention: eager attention samples no faster): the training attention, frozen
+    embeddings where asked, and AdamW over the weights that stay trainable, with no weight decay
+    (the KL term holds the policy near its start) and a short second-moment memory (0.99) for a
+    policy that moves every step. Returns (trainable weights, optimizer)."""
+    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
+    if attention:
+        policy.model.set_attn_implementation(attention)
+    if cfg.freeze_embeddings:
+        freeze_embeddings(policy.model)
+    trainable = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), eps=cfg.adam_eps, weight_decay=0.0)
+    return trainable, optimizer
 
 
 def lr_scheduler(optimizer, cfg):
@@ -358,15 +368,8 @@ def main(argv=None) -> dict:
     policy = load_policy(model_path, resume_from=resume, lora_r=cfg.lora_r, need_reference=cfg.kl_coef > 0,
                          gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype)
     engine = HFEngine(policy.model, policy.tokenizer)  # greedy evaluations: the trained weights themselves
-    if cfg.freeze_embeddings:
-        freeze_embeddings(policy.model)
     rollout_engine = make_rollout_engine(cfg, policy, model_path, engine)
-    # After the sampler's copy is made, which keeps SDPA (eager attention samples no faster).
-    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
-    if attention:
-        policy.model.set_attn_implementation(attention)
-    trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg)
+    trainable, optimizer = prepare_update(policy, cfg)
     scheduler = lr_scheduler(optimizer, cfg)
     average = WeightAverage(trainable)
     cfg.top_k = passages_per_search(cfg)

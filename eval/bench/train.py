@@ -48,8 +48,8 @@ def main(argv=None) -> dict:
     from retrieval import open_retriever
     from rewards.registry import build_reward
     from train.config import parse_config
-    from train.grpo import GRPOConfig, make_optimizer, next_questions, passages_per_search, pick_groups, policy_path
-    from train.policy import freeze_embeddings, load_policy, rollout_model, training_attention
+    from train.grpo import GRPOConfig, next_questions, passages_per_search, pick_groups, policy_path, prepare_update
+    from train.policy import load_policy, rollout_model
     from train.update import advantages_for, policy_update
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -61,17 +61,12 @@ def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)
     policy = load_policy(policy_path(cfg), need_reference=cfg.kl_coef > 0, dtype=cfg.dtype)
     sampler = rollout_model(policy, cfg.rollout_dtype)
-    attention = training_attention(cfg.attn_implementation, tiny=cfg.model == "tiny")
-    if attention:  # after the sampler copy, which keeps its own attention, as in the trainer
-        policy.model.set_attn_implementation(attention)
+    _, optimizer = prepare_update(policy, cfg)
     engine, retriever = Timed(HFEngine(sampler, policy.tokenizer), "generate"), Timed(open_retriever(cfg.index), "search")
     engine.tokenizer = policy.tokenizer
     train_set = load_qa(cfg.data, "train")
     by_id = {ex.id: ex for ex in train_set}
     reward = build_reward(json.loads(cfg.rewards))
-    if cfg.freeze_embeddings:
-        freeze_embeddings(policy.model)
-    optimizer = make_optimizer([p for p in policy.model.parameters() if p.requires_grad], cfg)
     rcfg = RolloutConfig(top_k=passages_per_search(cfg), max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature)
     parts = {k: 0.0 for k in ("generation", "retrieval", "rollout bookkeeping", "rewards", "advantages",
