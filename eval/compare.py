@@ -14,7 +14,7 @@ markdown with PNG plots next to it:
 Significance: every run is tested against the first (the reference) by a paired
 bootstrap on EM over the questions both runs answered, matched by example id (a question
 rolled out several times scores its mean EM). Reported: the EM difference (run minus
-reference), its 95% percentile interval, and the two-sided p-value (`eval.bootstrap`).
+reference), its 95% percentile interval, and the two-sided p-value (`rewards.bootstrap`).
 
 Won and lost: of the questions the reference answers wrong, the share the run answers
 right ("won"), and of those it answers right, the share the run answers wrong ("lost";
@@ -34,9 +34,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from eval.bootstrap import DEFAULT_RESAMPLES, paired_bootstrap
-from eval.metrics import ERROR_CATEGORIES
-from eval.report import fmt, markdown_table
+from rewards.bootstrap import DEFAULT_RESAMPLES, paired_bootstrap
+from rewards.metrics import ERROR_CATEGORIES, fmt, markdown_table
 from rewards.outcome import exact_match
 
 console = Console(stderr=True)

@@ -33,12 +33,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from eval import run as eval_run
-    from train.prepare import ensure_index, ensure_tiny_policy, ensure_world
+    from train.prepare import ensure_default
 
     start = time.perf_counter()
-    data = ensure_world(args.data)
-    index = ensure_index(data, args.index)
-    ensure_tiny_policy(data, index)
+    data, index, _ = ensure_default(args.data, args.index)
     console.print(f"embedded default ready in {time.perf_counter() - start:.0f} s")
 
     results = {}

@@ -61,7 +61,7 @@ def build_model(spec: str, data: Path, *, model_name: str | None = None, tokeniz
             raise SystemExit(str(error)) from None
         return engine, engine.tokenizer
     if spec == "tiny":
-        from train.prepare import tiny_policy_dir
+        from train.tiny import tiny_policy_dir
 
         spec = str(tiny_policy_dir(world_dir(data)))
         if not Path(spec).exists():

@@ -1,6 +1,6 @@
 """`report.md` of an evaluation run: metrics, by-hop and by-type tables, the error
 breakdown, and a few traces rendered compactly (one per error category, in the order of
-`eval.metrics.ERROR_CATEGORIES`).
+`rewards.metrics.ERROR_CATEGORIES`).
 
 `eval.run` writes it next to `metrics.json` and `traces.jsonl`; to rewrite it from those
 two files (e.g. with more example traces):
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from eval.metrics import ERROR_CATEGORIES
+from rewards.metrics import ERROR_CATEGORIES, fmt, markdown_table
 
 __all__ = ["markdown_table", "render_report", "render_trace", "write_report", "CATEGORY_MEANING"]
 
@@ -31,20 +31,6 @@ CATEGORY_MEANING = {
     "budget_exhausted": "no answer before the token budget ran out (finish max_tokens)",
     "invalid_action": "ended by the invalid-action limit (finish invalid)",
 }
-
-
-def markdown_table(headers: list[str], rows: list[list[object]], align: str | None = None) -> str:
-    """A GitHub markdown table; `align` is one of l / r per column (default: first left, rest right)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def fmt_ci(metrics: dict, key: str) -> str:

@@ -43,8 +43,8 @@ from agent.prompts import resolve_style
 from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
 from eval.baselines import BASELINES, OneTurnRollout
-from eval.bootstrap import DEFAULT_RESAMPLES
-from eval.metrics import ERROR_CATEGORIES, question_row, summarize_rows
+from rewards.bootstrap import DEFAULT_RESAMPLES
+from rewards.metrics import ERROR_CATEGORIES, question_row, summarize_rows
 from eval.policies import build_model, build_oracle
 from eval.presets import PRESETS
 from eval.report import pick_examples, run_title, write_report
@@ -161,7 +161,7 @@ def build_rollout(args, examples, retriever) -> tuple[Rollout, str]:
 
 def load_inputs(args):
     """(examples, retriever or None); bad input ends the run with a message naming the file."""
-    from eval.datasets import DatasetError, load_qa
+    from agent.data.qa import DatasetError, load_qa
     from retrieval import open_retriever
 
     try:

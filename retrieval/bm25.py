@@ -17,8 +17,8 @@ import bm25s
 from bm25s.tokenization import Tokenized
 
 from retrieval.corpus import Corpus, load_corpus
-from retrieval.index import check_k, check_same_corpus, read_meta
-from retrieval.types import Passage
+from retrieval.meta import check_same_corpus, read_meta
+from retrieval.types import Passage, check_k
 
 __all__ = ["BM25Retriever", "tokenize"]
 

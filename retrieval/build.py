@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from retrieval.index import INDEX_META, METHODS
+from retrieval.meta import INDEX_META, METHODS
 
 __all__ = ["build_index", "main"]
 
@@ -74,6 +74,17 @@ def build_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method: 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def ensure_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method: str = "dense") -> Path:
+    """The `method` index of `corpus_path` in `out`, built there unless one already is."""
+    out = Path(out)
+    if not (out / INDEX_META).exists():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"building the {method} index of {corpus_path} in {out}")
+        build_index(corpus_path, out, method)
+    return out
 
 
 def _check_replaceable(out: Path) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from retrieval.index import check_k
-from retrieval.types import Passage, Retriever
+from retrieval.types import Passage, Retriever, check_k
 
 __all__ = ["CachedRetriever"]
 

@@ -15,8 +15,7 @@ import urllib.error
 import urllib.request
 
 from retrieval.corpus import split_contents
-from retrieval.index import check_k
-from retrieval.types import Passage
+from retrieval.types import Passage, check_k
 
 __all__ = ["HTTPRetriever", "RetrieverUnavailable"]
 

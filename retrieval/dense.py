@@ -19,8 +19,8 @@ import faiss
 import numpy as np
 
 from retrieval.corpus import Corpus, load_corpus
-from retrieval.index import check_k, check_same_corpus, read_meta
-from retrieval.types import Passage
+from retrieval.meta import check_same_corpus, read_meta
+from retrieval.types import Passage, check_k
 
 __all__ = ["DenseRetriever", "build_faiss_index", "default_search_params", "index_memory_bytes", "gpu_available"]
 

@@ -8,8 +8,7 @@ passage ranked moderately by both can overtake one ranked high by only one.
 
 from __future__ import annotations
 
-from retrieval.index import check_k
-from retrieval.types import Passage, Retriever
+from retrieval.types import Passage, Retriever, check_k
 
 __all__ = ["HybridRetriever", "rrf_fuse", "RRF_K"]
 

@@ -30,3 +30,12 @@ class Retriever(Protocol):
     """Anything that answers a batch of queries with the top-k passages of each."""
 
     def search(self, queries: list[str], k: int) -> list[list[Passage]]: ...
+
+
+def check_k(k: object) -> int:
+    """k must be a positive int (bool excluded); every retriever checks it the same way."""
+    import numpy as np
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)

@@ -23,30 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 
 from agent.types import Example, Trajectory
 from rewards.base import Reward, check_batch
 
-__all__ = ["ranks", "spearman", "starc_distance", "RewardComparison", "compare_rewards"]
-
-
-def ranks(values: Sequence[float]) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank.
-
-    >>> ranks([0.3, 0.1, 0.3]).tolist()
-    [2.5, 1.0, 2.5]
-    """
-    x = np.asarray(values, dtype=float)
-    order = np.argsort(x, kind="stable")
-    ranked = np.empty(len(x))
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        ranked[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranked
+__all__ = ["spearman", "starc_distance", "RewardComparison", "compare_rewards"]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -56,7 +38,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     (1.0, -1.0)
     """
     _same_length(a, b)
-    ra, rb = ranks(a) - (len(a) + 1) / 2, ranks(b) - (len(b) + 1) / 2
+    ra, rb = rankdata(a) - (len(a) + 1) / 2, rankdata(b) - (len(b) + 1) / 2
     denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
     return float(ra @ rb) / denominator if denominator > 0 else math.nan
 

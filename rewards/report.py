@@ -39,8 +39,8 @@ from rich.table import Table
 
 from agent.traces import read_traces, record_to_trajectory
 from agent.types import Example, Trajectory
-from eval.report import fmt, markdown_table
 from rewards.base import check_scores
+from rewards.metrics import fmt, markdown_table
 from rewards.outcome import answer_em
 from rewards.registry import COMPONENTS, WeightedSum, build_reward
 from rewards.shaping import pairwise_auc

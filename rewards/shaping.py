@@ -18,9 +18,10 @@ import math
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
+from scipy.stats import rankdata
+
 from agent.types import Example, Trajectory
 from rewards.base import Reward, Score, check_batch, check_scores, choice, from_function, number, set_step
-from rewards.diagnostics import ranks
 from rewards.outcome import answer_em
 
 __all__ = [
@@ -89,7 +90,7 @@ def pairwise_auc(values: Sequence[float], correct: Sequence[bool],
         wrong = [values[i] for i in rows if not correct[i]]
         if right and wrong:
             # Mann-Whitney U from tie-averaged ranks: the pairs won, ties counting 1/2.
-            rank_sum = float(ranks(right + wrong)[: len(right)].sum())
+            rank_sum = float(rankdata(right + wrong)[: len(right)].sum())
             wins += rank_sum - len(right) * (len(right) + 1) / 2
             pairs += len(right) * len(wrong)
     return wins / pairs if pairs else None

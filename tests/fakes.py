@@ -80,7 +80,7 @@ def sharpen(model, std: float = 0.15, seed: int = 0):
 
 def world_with_index(root, *, seed: int, entities: int, method: str, world_name: str = "world", index_name: str | None = None):
     """Write a generated world under `root` and build its `method` index beside it."""
-    from eval.world import WorldConfig, generate_world, write_world
+    from agent.data.world import WorldConfig, generate_world, write_world
     from retrieval.build import build_index
 
     write_world(generate_world(WorldConfig(seed=seed, entities=entities)), root / world_name)

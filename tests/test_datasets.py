@@ -9,8 +9,8 @@ import datasets
 import pytest
 
 from agent.types import Example
-from eval.datasets import DatasetError, load_qa
-from eval.world import WorldConfig, generate_world, write_world
+from agent.data.qa import DatasetError, load_qa
+from agent.data.world import WorldConfig, generate_world, write_world
 
 DATA = Path(__file__).parent / "data"
 SEARCH_R1_PROMPT = ("Answer the given question. You must conduct reasoning inside <think> and </think> first "

@@ -24,7 +24,7 @@ def test_oracle_reaches_095_em_with_the_dense_retriever(default_world):
 
 
 def test_dense_recall_at_3_on_one_hop_questions(default_world):
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
 
     retriever = open_retriever(default_world / "dense")

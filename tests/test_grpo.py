@@ -243,7 +243,7 @@ def test_periodic_dev_evaluation_is_logged_at_its_steps(setup, tiny_model_dir):
 def test_the_supervised_term_trains_on_the_oracles_demonstrations_of_each_steps_questions(setup, tiny_model_dir):
     """`--sft_coef`: every step's update also fits the oracle's right answers to its questions
     (none reading a held-out name), so a random model's cross-entropy on them falls."""
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
     from retrieval.corpus import load_corpus
     from train.demos import held_out_names
@@ -307,7 +307,7 @@ def test_oversampled_steps_train_on_the_chosen_groups_and_trace_every_rollout(se
 def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stays(setup, tiny_model_dir, monkeypatch):
     import retrieval
     import train.grpo as grpo
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from train.demos import held_out_names
     from train.grpo import without_held_out
 

@@ -3,8 +3,8 @@
 import pytest
 
 from agent.types import Example, Passage, Segment, Step, Trajectory
-from eval.bootstrap import bootstrap_ci, paired_bootstrap
-from eval.metrics import ERROR_CATEGORIES, error_category, gold_retrieved, question_row, summarize
+from rewards.bootstrap import bootstrap_ci, paired_bootstrap
+from rewards.metrics import ERROR_CATEGORIES, error_category, gold_retrieved, question_row, summarize
 
 D1 = Passage("d1", "Orin Kale", "Orin Kale was born in Dastmoor.", 0.9)
 D2 = Passage("d2", "Orin Kael", "Orin Kael was born in Velmora.", 0.8)

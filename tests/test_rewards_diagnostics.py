@@ -6,7 +6,7 @@ import pytest
 
 from agent.types import Example, Trajectory
 from rewards.base import Score
-from rewards.diagnostics import compare_rewards, ranks, spearman, starc_distance
+from rewards.diagnostics import compare_rewards, spearman, starc_distance
 
 EXAMPLE = Example("q", "Who?", ["Orin Kael", "Kael"])
 ANSWERS = ["Orin Kael", "Kael of Velmora", "Mira Solen", "Orin", None, "Kael"]
@@ -45,7 +45,6 @@ def test_spearman_and_distance_by_hand():
     assert spearman(a, b) == pytest.approx(0.8)
     # centred: (-1.5, -0.5, 0.5, 1.5) / sqrt(5) and (-1.5, 0.5, -0.5, 1.5) / sqrt(5): differ by (0, -1, 1, 0) / sqrt(5)
     assert starc_distance(a, b) == pytest.approx(math.sqrt(2 / 5))
-    assert ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
 
 
 def test_a_constant_reward_has_no_preferences():

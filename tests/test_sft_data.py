@@ -2,8 +2,8 @@
 
 import pytest
 
-from eval.world import WorldConfig, generate_world, write_world
-from train.demos import extra_world_demonstrations, held_out_names, without_names
+from agent.data.world import WorldConfig, generate_world, write_world
+from train.demos import extra_world_demonstrations, extra_world_dir, held_out_names, without_names
 from train.sft import SFTConfig, rollout_config
 from train.tiny import tokenizer_for_world
 
@@ -33,21 +33,20 @@ def test_extra_world_drops_every_demonstration_naming_a_held_out_entity(world):
     tok = tokenizer_for_world(world, vocab_size=1024)
     held = held_out_names(world)
     # The data world's own seed regenerates the same names: every dev/test name clashes.
-    same = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4, top_k=2)
-    demos, n = extra_world_demonstrations(same, tok, rollout_config(same))
+    rcfg = rollout_config(SFTConfig(data=str(world), top_k=2))
+    demos, n = extra_world_demonstrations(extra_world_dir(world, 300, seed=4), world, tok, rcfg)
     assert 0 < len(demos) < 0.9 * n
     for demo in demos:
         text = demo_text(tok, demo)
         assert not any(name in text for name in held), demo.example_id
     # A fresh seed: few or no collisions, nearly everything kept, and cached on disk.
-    fresh = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77, top_k=2)
-    demos, n = extra_world_demonstrations(fresh, tok, rollout_config(fresh))
+    fresh = extra_world_dir(world, 300, seed=77)
+    demos, n = extra_world_demonstrations(fresh, world, tok, rcfg)
     assert len(demos) >= 0.8 * n
     assert (world / "tiny" / "extra-world-77-300" / "test.jsonl").exists()
     # Only a seeded sample of its questions is rolled out when asked.
-    sample = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77, extra_world_questions=60, top_k=2)
-    few, n_few = extra_world_demonstrations(sample, tok, rollout_config(sample))
-    again, _ = extra_world_demonstrations(sample, tok, rollout_config(sample))
+    few, n_few = extra_world_demonstrations(fresh, world, tok, rcfg, questions=60)
+    again, _ = extra_world_demonstrations(fresh, world, tok, rcfg, questions=60)
     assert n_few == 60 < n and 0.8 * 60 <= len(few) <= 60
     assert [d.example_id for d in few] == [d.example_id for d in again]
     assert {d.example_id for d in few} <= {d.example_id for d in demos}
@@ -70,10 +69,10 @@ def test_pretraining_texts_leave_out_held_out_names(world):
     from train.demos import pretraining_texts
 
     held = held_out_names(world)
-    texts = pretraining_texts(SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=4))
+    texts = pretraining_texts(extra_world_dir(world, 300, seed=4), world)
     assert texts
     assert not any(name in text for text in texts for name in held)
-    fresh = pretraining_texts(SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=77))
+    fresh = pretraining_texts(extra_world_dir(world, 300, seed=77), world)
     assert len(fresh) > len(texts)
 
 
@@ -123,8 +122,8 @@ def test_demonstrations_with_misses_show_the_judge_recovering(world):
     tok = tokenizer_for_world(world, vocab_size=1024)
 
     def recoveries(rate):
-        cfg = SFTConfig(data=str(world), extra_world_entities=300, extra_world_seed=21, top_k=2, retrieval_miss_rate=rate)
-        demos, _ = extra_world_demonstrations(cfg, tok, rollout_config(cfg))
+        rcfg = rollout_config(SFTConfig(data=str(world), top_k=2))
+        demos, _ = extra_world_demonstrations(extra_world_dir(world, 300, seed=21), world, tok, rcfg, miss_rate=rate)
         found = 0
         for demo in demos:
             kinds = [(s.kind, s.text.strip()) for s in demo.steps]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agent.actions import PROTOCOL_TAGS
-from eval.world import WorldConfig, generate_world, write_world
+from agent.data.world import WorldConfig, generate_world, write_world
 from train.tiny import TinyModelConfig, build_model, save_model_dir, tokenizer_for_world, world_texts
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.world import (
+from agent.data.world import (
     RELATIONS,
     World,
     WorldConfig,

@@ -4,19 +4,15 @@ on, none of which ever names a dev/test entity of the data world."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
-
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from agent.rollout import Rollout, RolloutConfig
 from agent.types import Segment, Trajectory
-
-if TYPE_CHECKING:
-    from train.sft import SFTConfig
 
 console = Console(stderr=True)
 
@@ -32,7 +28,7 @@ class MissingRetriever:
     the demonstrations show the JUDGE action's recovery path: a near miss judged 'not
     useful', dropped, and searched for again. Whether a query misses depends only on the
     seed and its text, so a build is reproducible. (On the tiny model it did not pay off:
-    `SFTConfig.retrieval_miss_rate`.)
+    `train.sft.SFTConfig.retrieval_miss_rate`.)
     """
 
     def __init__(self, inner, rate: float, seed: int = 0):
@@ -83,8 +79,6 @@ def training_segments(trajs: list[Trajectory]) -> list[Segment]:
 
 def entity_names(world_dir: str | Path, splits: tuple[str, ...] | None = None) -> set[str]:
     """Names and aliases of a generated world's entities (of `splits`; all when None)."""
-    import json
-
     path = Path(world_dir) / "world.json"
     if not path.exists():
         return set()
@@ -104,57 +98,51 @@ def names_pattern(names: set[str]):
     return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))) if names else None
 
 
-def extra_world_dir(cfg: SFTConfig) -> Path:
-    """The second world of the tiny model's warm start, generated once under DATA/tiny/."""
-    import json
+def extra_world_dir(data: str | Path, entities: int, seed: int | None = None) -> Path:
+    """The second world of the tiny model's warm start (`entities` entities; `seed` defaults to
+    the data world's seed + 1000), generated once under DATA/tiny/."""
+    from agent.data.world import ensure_world
 
-    from train.prepare import ensure_world
-
-    seed = cfg.extra_world_seed
     if seed is None:
-        seed = json.loads((Path(cfg.data) / "world.json").read_text(encoding="utf-8"))["seed"] + 1000
-    return ensure_world(Path(cfg.data) / "tiny" / f"extra-world-{seed}-{cfg.extra_world_entities}", seed=seed,
-                        entities=cfg.extra_world_entities)
+        seed = json.loads((Path(data) / "world.json").read_text(encoding="utf-8"))["seed"] + 1000
+    return ensure_world(Path(data) / "tiny" / f"extra-world-{seed}-{entities}", seed=seed, entities=entities)
 
 
-def clashing_names(cfg: SFTConfig, data_dir: Path) -> set[str]:
-    """Names of the second world that are also dev/test names of the data world."""
-    return entity_names(data_dir) & held_out_names(cfg.data)
+def clashing_names(world_dir: Path, data: str | Path) -> set[str]:
+    """Names of the world in `world_dir` that are also dev/test names of the data world."""
+    return entity_names(world_dir) & held_out_names(data)
 
 
-def pretraining_texts(cfg: SFTConfig) -> list[str]:
-    """The second world's passages, minus any that mentions a held-out name of the data world."""
-    import json
-
-    data_dir = extra_world_dir(cfg)
-    pattern = names_pattern(clashing_names(cfg, data_dir))
-    with open(data_dir / "corpus.jsonl", encoding="utf-8") as f:
+def pretraining_texts(world_dir: Path, data: str | Path) -> list[str]:
+    """The passages of the world in `world_dir`, minus any that mentions a held-out name of the data world."""
+    pattern = names_pattern(clashing_names(world_dir, data))
+    with open(world_dir / "corpus.jsonl", encoding="utf-8") as f:
         texts = [json.loads(line)["contents"] for line in f if line.strip()]
     return [t for t in texts if not (pattern and pattern.search(t))]
 
 
-def extra_world_demonstrations(cfg: SFTConfig, tokenizer, rcfg: RolloutConfig) -> tuple[list[Trajectory], int]:
-    """Oracle demonstrations on every split of a second, freshly named world (generated and
-    BM25-indexed once under DATA/tiny/: a dense index of it would cost ~100 s of the
-    build). Its names are new, so the model cannot answer by recalling them and has to
-    learn to copy them from the question and the passages.
-    Where a generated name of that world is also a dev/test name of the data world (a
-    chance collision), every demonstration mentioning it is dropped: SFT never sees a
-    held-out entity's name."""
-    from eval.datasets import load_qa
+def extra_world_demonstrations(world_dir: Path, data: str | Path, tokenizer, rcfg: RolloutConfig, questions: int = 0,
+                               miss_rate: float = 0.0, seed: int = 0) -> tuple[list[Trajectory], int]:
+    """Oracle demonstrations on every split of the world in `world_dir` (a second, freshly
+    named world; BM25-indexed once beside it: a dense index of it would cost ~100 s of the
+    build), or of a seeded sample of `questions` of them. Its names are new, so the model
+    cannot answer by recalling them and has to learn to copy them from the question and the
+    passages. Where a generated name of that world is also a dev/test name of the data
+    world `data` (a chance collision), every demonstration mentioning it is dropped: SFT
+    never sees a held-out entity's name."""
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
+    from retrieval.build import ensure_index
     from retrieval.corpus import load_corpus
-    from train.prepare import ensure_index
 
-    data_dir = extra_world_dir(cfg)
-    index_dir = ensure_index(data_dir, data_dir.with_name(data_dir.name + "-bm25"), method="bm25")
-    examples = [ex for split in ("train", "dev", "test") for ex in load_qa(data_dir, split)]
-    if cfg.extra_world_questions and cfg.extra_world_questions < len(examples):
-        examples = random.Random(cfg.seed).sample(examples, cfg.extra_world_questions)
-    corpus = load_corpus(data_dir / "corpus.jsonl")
+    index_dir = ensure_index(world_dir / "corpus.jsonl", world_dir.with_name(world_dir.name + "-bm25"), method="bm25")
+    examples = [ex for split in ("train", "dev", "test") for ex in load_qa(world_dir, split)]
+    if questions and questions < len(examples):
+        examples = random.Random(seed).sample(examples, questions)
+    corpus = load_corpus(world_dir / "corpus.jsonl")
     demos = oracle_demonstrations(examples, open_retriever(index_dir), tokenizer, lambda d: corpus.passage(d).title, rcfg,
-                                  miss_rate=cfg.retrieval_miss_rate, seed=cfg.seed)
-    return without_names(demos, examples, clashing_names(cfg, data_dir)), len(examples)
+                                  miss_rate=miss_rate, seed=seed)
+    return without_names(demos, examples, clashing_names(world_dir, data)), len(examples)
 
 
 def _mentions(pattern, example, more_texts=()) -> bool:

@@ -317,7 +317,7 @@ def without_held_out(examples: list, data: str) -> list:
 def greedy_eval(engine, retriever, examples, rcfg: RolloutConfig, name: str = "eval", progress=None) -> dict:
     """Greedy rollouts of `examples`, 128 at a time, summarised; shown as a task of
     `progress` (the training loop's bar) or of a bar of its own."""
-    from eval.metrics import summarize
+    from rewards.metrics import summarize
 
     greedy = RolloutConfig(**{**asdict(rcfg), "temperature": 0.0, "seed": None})
     trajs = []
@@ -343,7 +343,7 @@ def main(argv=None) -> dict:
     random.seed(cfg.seed)
 
     # -- setup: data, retriever, rewards, policy ----------------------------------------------
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
     from rewards.registry import build_reward
 

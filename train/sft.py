@@ -32,7 +32,7 @@ from agent.types import Segment
 from train.batching import collate_segments
 from train.checkpoint import save_atomic
 from train.config import doc, parse_config
-from train.demos import (extra_world_demonstrations, held_out_names, oracle_demonstrations, pretraining_texts,
+from train.demos import (extra_world_demonstrations, extra_world_dir, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
 from train.policy import autocast_dtype, autocast_to, machine, training_attention
 
@@ -271,13 +271,13 @@ def load_policy_for_sft(cfg: SFTConfig):
 def run(cfg: SFTConfig) -> dict:
     """Demonstrations -> SFT -> dev evaluation -> saved model; returns a summary."""
     from agent.traces import read_traces, record_to_trajectory
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
     from retrieval.corpus import load_corpus
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.output_dir is None:
-        from train.prepare import tiny_policy_dir
+        from train.tiny import tiny_policy_dir
 
         cfg.output_dir = str(tiny_policy_dir(cfg.data)) if cfg.model == "tiny" else "outputs/sft"
     if cfg.context_lm_weight is None:
@@ -306,7 +306,9 @@ def run(cfg: SFTConfig) -> dict:
         demos = without_names(demos, train, held_out_names(cfg.data))
         n_rolled = len(train)
         if cfg.model == "tiny" and cfg.extra_world_entities and (Path(cfg.data) / "world.json").exists():
-            extra, n_extra = extra_world_demonstrations(cfg, tokenizer, rollout_config(cfg))
+            extra, n_extra = extra_world_demonstrations(
+                extra_world_dir(cfg.data, cfg.extra_world_entities, cfg.extra_world_seed), cfg.data, tokenizer,
+                rollout_config(cfg), questions=cfg.extra_world_questions, miss_rate=cfg.retrieval_miss_rate, seed=cfg.seed)
             console.print(f"{len(extra)}/{n_extra} demonstrations from a freshly named world of {cfg.extra_world_entities} entities")
             demos, n_rolled = demos + extra, n_rolled + n_extra
     segments = training_segments(demos)
@@ -322,7 +324,8 @@ def run(cfg: SFTConfig) -> dict:
     pretrain_history = []
     if cfg.model == "tiny" and cfg.pretrain_steps and cfg.extra_world_entities and not cfg.demos \
             and (Path(cfg.data) / "world.json").exists():
-        pretrain_history = pretrain(model, tokenizer, pretraining_texts(cfg), cfg)
+        texts = pretraining_texts(extra_world_dir(cfg.data, cfg.extra_world_entities, cfg.extra_world_seed), cfg.data)
+        pretrain_history = pretrain(model, tokenizer, texts, cfg)
     history = train_sft(model, tokenizer, segments, cfg, heldout)
     summary = {"recipe": TINY_RECIPE, "config": asdict(cfg), "demonstrations": len(demos), "segments": len(segments),
                "train_seconds": round(time.perf_counter() - start, 1), "machine": machine(), "pretrain_history": pretrain_history,
@@ -337,8 +340,8 @@ def run(cfg: SFTConfig) -> dict:
 
 def evaluate_policy(model, tokenizer, cfg: SFTConfig, retriever, split: str = "dev") -> dict:
     from agent.engines.hf import HFEngine
-    from eval.datasets import load_qa
-    from eval.metrics import summarize
+    from agent.data.qa import load_qa
+    from rewards.metrics import summarize
 
     examples = load_qa(cfg.data, split)[: cfg.eval_questions]
     rollout = Rollout(HFEngine(model, tokenizer), retriever, rollout_config(cfg), tokenizer)

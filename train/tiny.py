@@ -165,3 +165,8 @@ def tokenizer_for_world(world_dir: str | Path, vocab_size: int = 2048, cache_dir
     with atomic_dir(cache) as tmp:
         tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(cache)
+
+
+def tiny_policy_dir(data_dir: str | Path) -> Path:
+    """Where the warm-started tiny policy of a world lives: DATA/tiny/policy-sft."""
+    return Path(data_dir) / "tiny" / "policy-sft"

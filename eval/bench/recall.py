@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     world = Path(args.world) if args.world else world_dir(args.seed, args.entities)
     if world is None:
-        console.print("[red]no world: eval.world is unavailable; pass --world DIR")
+        console.print("[red]no world: agent.data.world is unavailable; pass --world DIR")
         return 2
     from retrieval.bm25 import BM25Retriever
     from retrieval.corpus import load_corpus

@@ -13,7 +13,7 @@ Reports
 Timings alternate ours/raw and keep each side's best of `--repeats`, so a burst of load
 from other processes on a shared machine does not land on one side only.
 
-Without --corpus, the corpus is the fictional world of `eval.world` (generated once and
+Without --corpus, the corpus is the fictional world of `agent.data.world` (generated once and
 kept in the temp dir); if that generator is unavailable, a synthetic corpus of the same
 shape stands in (`synthetic_corpus`), and the report says so.
 """
@@ -50,26 +50,26 @@ def world_dir(seed: int = 0, entities: int = 2000, timeout: float = 1800) -> Pat
     import hashlib
     import importlib.util
 
-    spec = importlib.util.find_spec("eval.world")
+    spec = importlib.util.find_spec("agent.data.world")
     if spec is None or spec.origin is None:
-        console.print("[yellow]eval.world not found; using a synthetic corpus")
+        console.print("[yellow]agent.data.world not found; using a synthetic corpus")
         return None
     version = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:10]
     out = Path(tempfile.gettempdir()) / "searchrl-bench" / f"world-s{seed}-e{entities}-{version}"
     if (out / "corpus.jsonl").exists() and (out / "test.jsonl").exists():
         return out
     staging = out.with_name(out.name + ".partial")
-    command = [sys.executable, "-m", "eval.world", "--seed", str(seed), "--entities", str(entities),
+    command = [sys.executable, "-m", "agent.data.world", "--seed", str(seed), "--entities", str(entities),
                "--out", str(staging)]
     with console.status(f"generating a {entities}-entity world: {' '.join(command[1:])}"):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            console.print(f"[yellow]eval.world took over {timeout:.0f}s; using a synthetic corpus")
+            console.print(f"[yellow]agent.data.world took over {timeout:.0f}s; using a synthetic corpus")
             return None
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        console.print(f"[yellow]eval.world unavailable ({reason}); using a synthetic corpus")
+        console.print(f"[yellow]agent.data.world unavailable ({reason}); using a synthetic corpus")
         return None
     if out.exists():
         import shutil
@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             corpus_path = world / "corpus.jsonl"
             qa = [world / f"{s}.jsonl" for s in ("test", "dev", "train")]
             questions = [r["question"] for r in load_queries(qa, args.n_queries)]
-            source = f"eval.world seed {args.seed}, {args.entities} entities"
+            source = f"agent.data.world seed {args.seed}, {args.entities} entities"
         else:
             corpus_path, questions = synthetic_corpus(Path(tempfile.mkdtemp()) / "corpus.jsonl", seed=args.seed)
-            source = "synthetic (eval.world unavailable)"
+            source = "synthetic (agent.data.world unavailable)"
     corpus = load_corpus(corpus_path)
     if not questions:  # a bare corpus: ask for passage titles
         questions = [corpus.titles[i] or corpus.texts[i][:60] for i in range(len(corpus))]

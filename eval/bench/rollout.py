@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     from agent.engines.hf import HFEngine
     from agent.prompts import render_prompt_ids
     from agent.rollout import RolloutConfig
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
 
     engine = HFEngine.from_pretrained(args.model)

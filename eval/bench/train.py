@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     from agent.engines.hf import HFEngine
     from agent.rollout import Rollout, RolloutConfig
     from agent.traces import trajectory_record
-    from eval.datasets import load_qa
+    from agent.data.qa import load_qa
     from retrieval import open_retriever
     from rewards.registry import build_reward
     from train.config import parse_config

@@ -5,7 +5,7 @@
 
 - **EM, cover-EM, F1** against every gold alias after SQuAD normalisation
   (`rewards.outcome`), with percentile-bootstrap intervals for EM and F1
-  (`em_ci`, `f1_ci`; see `eval.bootstrap`), overall, by hop count and by question type.
+  (`em_ci`, `f1_ci`; see `rewards.bootstrap`), overall, by hop count and by question type.
 - **searches, turns** (actions: search, judge, answer, invalid) per question, and the
   **valid-action rate** (share of actions that were not invalid). Turns and the rate
   count the actions the policy generated; an action the environment forced (the `rag`
@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from statistics import fmean
 
 from agent.types import Example, Step, Trajectory
-from eval.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
+from rewards.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
 from rewards.judge import Scorer, ideal_labels, passage_has_answer
 from rewards.outcome import cover_exact_match, exact_match, f1_score
 
@@ -234,3 +234,20 @@ def summarize(trajs: list[Trajectory], examples: list[Example], *, latencies: Se
     rows = [question_row(t, ex, seconds=None if latencies is None else latencies[i], judge_scorer=judge_scorer)
             for i, (t, ex) in enumerate(zip(trajs, examples))]
     return summarize_rows(rows, resamples=resamples, seed=seed, search_budget=search_budget)
+
+
+# -- formatting for reports ------------------------------------------------------------------
+
+
+def markdown_table(headers: list[str], rows: list[list[object]], align: str | None = None) -> str:
+    """A GitHub markdown table; `align` is one of l / r per column (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

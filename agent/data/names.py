@@ -12,10 +12,7 @@ same names, and nothing depends on set or hash order (sets here are membership t
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from eval.world import Entity
+from agent.data.entities import Entity
 
 OCCUPATIONS = ("painter", "sculptor", "engineer", "architect", "astronomer", "composer", "poet", "novelist",
                "shipwright", "cartographer", "physician", "merchant", "botanist", "clockmaker", "historian", "chemist")

@@ -25,7 +25,7 @@ from agent.types import Example
 __all__ = ["DatasetError", "load_qa"]
 
 WORLD_SPLITS = ("train", "dev", "test")
-# FlashRAG metadata keys the project gives a meaning to (see eval/world.py); others are kept as they are.
+# FlashRAG metadata keys the project gives a meaning to (see agent/data/world.py); others are kept as they are.
 KNOWN_META = ("support", "hops", "type", "split", "chain")
 
 

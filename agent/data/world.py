@@ -20,25 +20,28 @@ Train, dev and test questions come from disjoint sub-worlds: every person, city,
 organisation, ... belongs to exactly one split and relations never cross splits, so the
 splits share only countries (with their currencies), years and occupations.
 
-This module generates the entities and facts and writes the files; `eval.world_names`
-invents the names and twins, `eval.world_text` holds the relations and their phrasing and
+This module generates the entities and facts and writes the files; `agent.data.entities`
+holds the world's data types, `agent.data.names` invents the names and twins,
+`agent.data.relations` holds the relations and their phrasing, and `agent.data.text`
 renders passages and questions.
 
 Same seed, same bytes: all randomness comes from `random.Random` instances seeded from
 the config, and nothing depends on set or hash order. Generation is linear in the number
 of entities; passages and questions are rendered lazily, so writing streams.
 
-    python -m eval.world --seed 0 --entities 2000 --out data/world-0
+    python -m agent.data.world --seed 0 --entities 2000 --out data/world-0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
@@ -46,8 +49,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from eval.world_names import CURRENCY_UNITS, Names
-from eval.world_text import RELATIONS, TWO_SECTION_KINDS, entity_passages, iter_passages, iter_questions
+from agent.data.entities import Entity, World, WorldConfig
+from agent.data.names import CURRENCY_UNITS, Names
+from agent.data.relations import RELATIONS
+from agent.data.text import entity_passages, iter_passages, iter_questions
 
 __all__ = [
     "WorldConfig",
@@ -56,6 +61,7 @@ __all__ = [
     "RELATIONS",
     "generate_world",
     "write_world",
+    "ensure_world",
     "iter_passages",
     "iter_questions",
     "parse_hops",
@@ -66,113 +72,8 @@ SPLITS = ("train", "dev", "test")
 SHARED = "shared"
 # Share of the named (non-country) entities per kind, in creation order: a kind may only
 # point at kinds created before it, so every relation finds a target in its split.
-# eval.world_text.KINDS lists the same kinds in the same order, after "country".
+# agent.data.relations.KINDS lists the same kinds in the same order, after "country".
 KIND_SHARES = {"city": 0.12, "person": 0.35, "org": 0.13, "work": 0.14, "ship": 0.07, "machine": 0.07, "event": 0.12}
-
-
-@dataclass
-class WorldConfig:
-    """Everything that shapes a world; the same config always gives the same bytes."""
-
-    seed: int = 0
-    """Seed of every random choice."""
-    entities: int = 2000
-    """Approximate number of entities, countries and twins included (rounding moves it a little)."""
-    distractor_rate: float = 0.15
-    """Fraction of named entities created as a near-duplicate twin of another entity of their kind."""
-    elsewhere_rate: float = 0.2
-    """Fraction of entity-to-entity facts stated only in the object's article (e.g. only the founder's)."""
-    hops: dict[int, float] = field(default_factory=lambda: {1: 0.45, 2: 0.35, 3: 0.15, 4: 0.05})
-    """Question mix by number of hops (weights, normalised); 1 to 4 hops."""
-    comparison_rate: float = 0.5
-    """Share of 2-hop questions that compare two entities' years instead of bridging."""
-    train_questions: int | None = None
-    """Train questions; None means 1.5 per entity (a small model is SFT-trained on them)."""
-    dev_questions: int | None = None
-    """Dev questions; None means 0.15 per entity."""
-    test_questions: int | None = None
-    """Test questions; None means 0.25 per entity."""
-    split_shares: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    """Share of the named entities in the train / dev / test sub-worlds."""
-
-    def __post_init__(self) -> None:
-        if self.entities < 100:
-            raise ValueError(f"WorldConfig.entities must be at least 100, got {self.entities}")
-        for name in ("distractor_rate", "elsewhere_rate", "comparison_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {value}")
-        if not self.hops or any(h not in (1, 2, 3, 4) or w < 0 for h, w in self.hops.items()) \
-                or sum(self.hops.values()) <= 0:
-            raise ValueError(f"WorldConfig.hops must map hop counts 1-4 to non-negative weights, got {self.hops}")
-        if len(self.split_shares) != 3 or min(self.split_shares) <= 0:
-            raise ValueError(f"WorldConfig.split_shares must be three positive shares, got {self.split_shares}")
-        defaults = {"train": 1.5, "dev": 0.15, "test": 0.25}
-        for split, per_entity in defaults.items():
-            name = f"{split}_questions"
-            if getattr(self, name) is None:
-                setattr(self, name, round(per_entity * self.entities))
-            if getattr(self, name) < 0:
-                raise ValueError(f"WorldConfig.{name} must be >= 0, got {getattr(self, name)}")
-
-    def questions(self, split: str) -> int:
-        return getattr(self, f"{split}_questions")
-
-
-@dataclass(slots=True)
-class Entity:
-    """One entity. Fact values are entity indices (int) or literal strings (years, categories)."""
-
-    index: int
-    kind: str
-    name: str
-    split: str  # train | dev | test, or "shared" for countries
-    aliases: tuple[str, ...] = ()  # other names, each stated in the entity's first article
-    detail: str = ""  # what it is: occupation, "a craft guild", "schooner", ...
-    facts: dict[str, int | str] = field(default_factory=dict)  # relation -> value
-    placement: dict[str, str] = field(default_factory=dict)  # relation -> "s" | "o" | "so" (whose article states it)
-    mentions: list[tuple[int, str]] = field(default_factory=list)  # (subject, relation) stated in this article
-    twin_of: int | None = None  # the entity this one's name is a near-duplicate of
-
-    @property
-    def id(self) -> str:
-        return f"e{self.index:07d}"
-
-    @property
-    def sections(self) -> int:
-        return 2 if self.kind in TWO_SECTION_KINDS else 1
-
-    def passage_id(self, section: int) -> str:
-        return f"{self.id}-{section}"
-
-    @property
-    def ref(self) -> str:
-        """How text refers to the entity: always contains the exact name."""
-        if self.kind in ("org", "machine", "event"):
-            return f"the {self.name}"
-        if self.kind == "ship":
-            return f"the ship {self.name}"
-        return self.name
-
-
-@dataclass
-class World:
-    cfg: WorldConfig
-    entities: list[Entity]
-    pools: dict[str, dict[str, list[int]]]  # split -> kind -> entity indices
-    twins: dict[int, list[int]] = field(default_factory=dict)  # entity index -> its twins' indices
-
-    def value_text(self, value: int | str) -> str:
-        return self.entities[value].name if isinstance(value, int) else value
-
-    def fact_support(self, entity: Entity, relation: str) -> list[str]:
-        """Ids of the passages that state `relation` of `entity`."""
-        spec = RELATIONS[relation]
-        where = entity.placement.get(relation, "s")
-        ids = [entity.passage_id(spec.section)] if "s" in where else []
-        if "o" in where:
-            ids.append(self.entities[entity.facts[relation]].passage_id(spec.object_section))
-        return ids
 
 
 # ----------------------------------------------------------------------------- world
@@ -333,6 +234,24 @@ def _write_description(world: World, summary: dict, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
+def ensure_world(data_dir: str | Path, seed: int = 0, entities: int = 2000) -> Path:
+    """The world of `seed` in `data_dir`, generated there unless it already is. It is written
+    in a temporary sibling directory and renamed into place, so a killed run never leaves
+    a half-written world that a later run would take for a finished one."""
+    data_dir = Path(data_dir)
+    if (data_dir / "test.jsonl").exists():
+        return data_dir
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ValueError(f"{data_dir}: exists and holds files but no generated world (no test.jsonl); "
+                         "refusing to write a world over them: choose another directory or empty it")
+    Console(stderr=True).print(f"generating a world of {entities} entities (seed {seed}) in {data_dir}")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=f".{data_dir.name}.", ignore_cleanup_errors=True) as tmp:
+        write_world(generate_world(WorldConfig(seed=seed, entities=entities)), tmp)
+        os.replace(tmp, data_dir)
+    return data_dir
+
+
 def parse_hops(text: str) -> dict[int, float]:
     """'1:0.4,2:0.4,3:0.15,4:0.05' -> {1: 0.4, 2: 0.4, 3: 0.15, 4: 0.05}."""
     mix = {}
@@ -347,7 +266,7 @@ def parse_hops(text: str) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m eval.world", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.data.world", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entities", type=int, default=2000, help="approximate number of entities")
     parser.add_argument("--out", required=True, help="output directory")
