@@ -28,40 +28,44 @@ from agent.prompts import (
     passage_header,
     render_prompt_ids,
 )
-from agent.types import Example, Segment, Step, Trajectory
+from agent.types import Example, Segment, Step, Trajectory, TrajectoryGroup
+
+
+def _option(help: str, default):
+    """A config field with its help text (read by `--help` and docs/config.md)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class RolloutConfig:
     """Budgets and sampling of the agent loop."""
 
-    max_turns: int = 10  # generation turns per trajectory (a search, a judge and an answer are 3 turns)
-    max_new_tokens: int = 64  # tokens the policy may generate in one turn
-    max_response_tokens: int = 1536  # sampled + injected tokens over the whole trajectory
-    max_context_tokens: int = 2048  # prompt + visible response: the model's window
-    top_k: int = 3  # passages per search
-    max_doc_tokens: int = 64  # tokens kept of each passage's text
-    max_answer_chars: int = 200  # longer answers are invalid actions
-    max_invalid: int = 3  # invalid actions before the trajectory ends with finish='invalid'
-    max_searches: int | None = None  # searches allowed; one more is an invalid action (None = no cap)
-    prompt_style: str = "auto"  # auto | chat | compact (see agent.prompts)
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k_sampling: int = 0  # 0 = off
-    seed: int | None = None  # seeds every turn's sampling; same seed, same rollouts
-    # The first `greedy_samples` samples of each group decode greedily (logprobs at
-    # `temperature` all the same, as the trainer recomputes them): the policy's own greedy
-    # answer competes inside its group. 0 = every sample at `temperature`.
-    greedy_samples: int = 0
+    max_turns: int = _option("generation turns per trajectory (a search, a judge and an answer are 3 turns)", 10)
+    max_new_tokens: int = _option("tokens the policy may generate in one turn", 64)
+    max_response_tokens: int = _option("sampled + injected tokens of one trajectory, all turns together", 1536)
+    max_context_tokens: int = _option("prompt + visible response tokens: the model's window", 2048)
+    passages_per_search: int | None = _option("passages each search returns (the retriever's k); none lets the entry "
+                                               "point choose (train/grpo.py: 2 for the tiny model, else 3)", 3)
+    max_doc_tokens: int = _option("tokens kept of each passage's text", 64)
+    max_answer_chars: int = _option("longest answer in characters; a longer one is an invalid action", 200)
+    max_invalid: int = _option("invalid actions before the trajectory ends with finish=invalid", 3)
+    max_searches: int | None = _option("searches allowed per trajectory; one more is an invalid action (none = no cap)",
+                                       None)
+    prompt_style: str = _option("auto | chat (the tokenizer's chat template) | compact (see agent/prompts.py)", "auto")
+    temperature: float = _option("sampling temperature (0 = greedy); logprobs are log softmax(logits / T)", 1.0)
+    top_p: float = _option("nucleus sampling: the smallest set of tokens holding this much probability (1 = off)", 1.0)
+    top_k_sampling: int = _option("sample among the k most likely tokens only (0 = off)", 0)
 
     def __post_init__(self) -> None:
-        for name in ("max_turns", "max_new_tokens", "max_response_tokens", "max_context_tokens", "top_k", "max_invalid"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_turns", "max_new_tokens", "max_response_tokens", "max_context_tokens", "passages_per_search",
+                     "max_invalid"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"RolloutConfig.{name} must be >= 1, got {value}")
         if self.max_doc_tokens < 0:
             raise ValueError(f"RolloutConfig.max_doc_tokens must be >= 0, got {self.max_doc_tokens}")
-        if self.greedy_samples < 0:
-            raise ValueError(f"RolloutConfig.greedy_samples must be >= 0, got {self.greedy_samples}")
+        if self.temperature < 0:
+            raise ValueError(f"RolloutConfig.temperature must be >= 0 (0 = greedy), got {self.temperature}")
 
 
 @dataclass
@@ -140,19 +144,28 @@ class Rollout:
         self.stop_ids, self.stop_strings = stop_params(self.tokenizer)
 
     def __call__(
-        self, examples: list[Example], group_size: int = 1, *, policy_version: int = 0, group_prefix: str = ""
+        self, examples: list[Example], group_size: int = 1, *, policy_version: int = 0, group_prefix: str = "",
+        seed: int | None = None,
     ) -> list[Trajectory]:
-        """Roll out `group_size` samples of every example; returns them example-major."""
+        """Roll out `group_size` samples of every example; returns them example-major.
+        `seed` seeds every turn's sampling: same seed, same rollouts."""
+        if self.cfg.passages_per_search is None:
+            raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
         runs = self._start(examples, group_size, policy_version, group_prefix)
         for turn in range(self.cfg.max_turns):
             active = [r for r in runs if not r.done]
             if not active:
                 break
-            self._turn(active, turn)
+            self._turn(active, self.sampling_params(turn, seed))
         for run in runs:
             if not run.done:
                 run.finish("max_turns")
         return [run.traj for run in runs]
+
+    def groups(self, examples: list[Example], group_size: int, **kwargs) -> list[TrajectoryGroup]:
+        """`group_size` samples of every example, as one `TrajectoryGroup` per example."""
+        trajectories = self(examples, group_size, **kwargs)
+        return TrajectoryGroup.of(trajectories, [ex for ex in examples for _ in range(group_size)])
 
     # -- setup -------------------------------------------------------------------------
 
@@ -177,8 +190,21 @@ class Rollout:
 
     # -- one turn ----------------------------------------------------------------------
 
-    def _turn(self, active: list[_Run], turn: int) -> None:
+    def sampling_params(self, turn: int, seed: int | None) -> SamplingParams:
+        """What the engine samples turn `turn` with: the config's sampling, stops at the closing
+        tags, and a seed of its own for each turn."""
         cfg = self.cfg
+        return SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k_sampling,
+            stop_token_ids=self.stop_ids,
+            stop_strings=self.stop_strings,
+            seed=None if seed is None else seed * 1_000_003 + turn,
+        )
+
+    def _turn(self, active: list[_Run], params: SamplingParams) -> None:
         ready = []
         for run in active:
             if self._room(run) < 1:
@@ -187,16 +213,6 @@ class Rollout:
                 ready.append(run)
         if not ready:
             return
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k_sampling,
-            stop_token_ids=self.stop_ids,
-            stop_strings=self.stop_strings,
-            seed=None if cfg.seed is None else cfg.seed * 1_000_003 + turn,
-            greedy_rows=frozenset(i for i, run in enumerate(ready) if run.traj.sample < cfg.greedy_samples),
-        )
         outputs = self.engine.generate([run.segment.full_ids for run in ready], params)
 
         searches: list[tuple[_Run, Step]] = []
@@ -289,7 +305,7 @@ class Rollout:
     def _search(self, searches: list[tuple[_Run, Step]]) -> None:
         queries = [step.text for _, step in searches]
         try:
-            results = self.retriever.search(queries, self.cfg.top_k)
+            results = self.retriever.search(queries, self.cfg.passages_per_search)
             error = None
         except Exception as exc:  # a failing retriever is an outcome of the step, not a crash
             results, error = [[] for _ in queries], f"search failed: {type(exc).__name__}: {exc}"

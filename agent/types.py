@@ -13,7 +13,8 @@ from typing import Any
 
 from retrieval.types import Passage, Retriever
 
-__all__ = ["Example", "Passage", "Retriever", "Step", "Segment", "Trajectory", "STEP_KINDS", "FINISH_REASONS"]
+__all__ = ["Example", "Passage", "Retriever", "Step", "Segment", "Trajectory", "TrajectoryGroup", "STEP_KINDS",
+           "FINISH_REASONS"]
 
 STEP_KINDS = ("think", "search", "judge", "answer", "invalid")
 FINISH_REASONS = ("answered", "max_turns", "max_tokens", "invalid")
@@ -82,3 +83,36 @@ class Trajectory:
     @property
     def n_sampled_tokens(self) -> int:
         return sum(sum(s.loss_mask) for s in self.segments)
+
+
+@dataclass
+class TrajectoryGroup:
+    """The samples of one question in one rollout (a GRPO group): what group-relative
+    advantages compare, and what the trainer keeps or leaves out as a whole."""
+
+    example: Example
+    trajectories: list[Trajectory]  # (G,) in sample order
+    scores: list[Any] = field(default_factory=list)  # (G,) the reward's `rewards.base.Score` of each, once scored
+
+    @property
+    def rewards(self) -> list[float]:
+        """(G,) total reward of each sample."""
+        return [s.value for s in self.scores]
+
+    @property
+    def settled(self) -> bool:
+        """Every sample scored the same total reward: the outcome tells the samples nothing apart."""
+        return len(set(self.rewards)) <= 1
+
+    @staticmethod
+    def of(trajectories: list[Trajectory], examples: list[Example]) -> list[TrajectoryGroup]:
+        """Rollout output (example-major: each group's samples in a row) -> its groups, in order."""
+        if len(trajectories) != len(examples):
+            raise ValueError(f"{len(trajectories)} trajectories for {len(examples)} examples")
+        groups: list[TrajectoryGroup] = []
+        for traj, example in zip(trajectories, examples):
+            if groups and groups[-1].trajectories[0].group_id == traj.group_id:
+                groups[-1].trajectories.append(traj)
+            else:
+                groups.append(TrajectoryGroup(example, [traj]))
+        return groups

@@ -53,11 +53,11 @@ class OneTurnRollout(Rollout):
         self.retrieve = retrieve
 
     def __call__(self, examples: list[Example], group_size: int = 1, *, policy_version: int = 0,
-                 group_prefix: str = "") -> list[Trajectory]:
+                 group_prefix: str = "", seed: int | None = None) -> list[Trajectory]:
         runs = self._start(examples, group_size, policy_version, group_prefix)
         if self.retrieve:
             self._retrieve_once(runs)
-        self._answer_turn([run for run in runs if not run.done])
+        self._answer_turn([run for run in runs if not run.done], self.sampling_params(0, seed))
         return [run.traj for run in runs]
 
     def _retrieve_once(self, runs: list[_Run]) -> None:
@@ -72,7 +72,7 @@ class OneTurnRollout(Rollout):
         if searches:
             self._search(searches)  # injects each observation, or finishes 'max_tokens' when it does not fit
 
-    def _answer_turn(self, runs: list[_Run]) -> None:
+    def _answer_turn(self, runs: list[_Run], params: SamplingParams) -> None:
         starts = {}
         for run in runs:
             start = len(run.segment.response_ids)
@@ -81,12 +81,6 @@ class OneTurnRollout(Rollout):
         ready = [run for run in runs if not run.done]
         if not ready:
             return
-        cfg = self.cfg
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k_sampling,
-            stop_token_ids=self.stop_ids, stop_strings=self.stop_strings,
-            seed=None if cfg.seed is None else cfg.seed * 1_000_003,  # the agent's seed of turn 0
-        )
         outputs = self.engine.generate([run.segment.full_ids for run in ready], params)
         for run, out in zip(ready, outputs):
             room = self._room(run)
@@ -95,7 +89,7 @@ class OneTurnRollout(Rollout):
             run.segment.append(ids, sampled=True, logprobs=logprobs)
             span = (starts[id(run)], len(run.segment.response_ids))
             text = ANSWER_OPEN + self.tokenizer.decode(ids, skip_special_tokens=False)
-            action = parse_action(text, cfg.max_answer_chars)
+            action = parse_action(text, self.cfg.max_answer_chars)
             if action.kind == "answer":
                 run.traj.steps.append(Step("answer", action.text, span))
                 run.traj.answer = action.text

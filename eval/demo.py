@@ -43,9 +43,9 @@ def main(argv=None) -> dict:
     for policy in ("oracle", "tiny"):
         out = args.runs / f"{policy}-{args.split}"
         # The tiny policy reads 2 passages per search, as in its warm start; the oracle the default 3.
-        top_k = ["--top-k", "2"] if policy == "tiny" else []
+        passages = ["--passages-per-search", "2"] if policy == "tiny" else []
         results[policy] = eval_run.main(["--policy", policy, "--data", str(data), "--split", args.split,
-                                         "--index", str(index), "--out", str(out), *top_k])
+                                         "--index", str(index), "--out", str(out), *passages])
     table = Table(title=f"{args.split} split of {data}")
     for col in ("policy", "EM", "F1", "valid actions", "searches/q", *[f"EM {h}-hop" for h in "1234"]):
         table.add_column(col, justify="right")

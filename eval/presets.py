@@ -9,7 +9,7 @@ must already be on disk.
 Train on the NQ and HotpotQA train splits; test on the seven QA sets Search-R1 reports
 (NQ, TriviaQA, PopQA, HotpotQA, 2WikiMultihopQA, MuSiQue, Bamboogle) plus FictionalHot;
 retrieve with E5 over the December 2018 Wikipedia dump, top-3 passages; at most 4 tool
-turns; headline metric EM. The preset sets `--top-k 3` and `--max-turns 9`: room for 4
+turns; headline metric EM. The preset sets `--passages-per-search 3` and `--max-turns 9`: room for 4
 searches, a JUDGE after each and the answer (this project's loop counts every action as
 a turn; for a policy that never judges, `--max-turns 5` is the same budget). The search
 budget of 4 is enforced by the loop (a fifth search is an invalid action) and
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 PRESETS: dict[str, dict] = {
     "hot": {
-        "top_k": 3,  # E5 top-3 passages per search
+        "passages_per_search": 3,  # E5 top-3 passages per search
         "max_turns": 9,  # 4 searches + a judge after each + the answer
         "search_budget": 4,  # the protocol's tool-turn cap, reported as over_search_budget
         "headline": "em",

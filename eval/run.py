@@ -69,7 +69,7 @@ def evaluate(examples, rollout: Rollout, out_dir: Path, *, batch_size: int = 64,
         for i in range(0, len(examples), batch_size):
             batch = examples[i : i + batch_size]
             batch_start = time.perf_counter()
-            trajs = rollout(batch)
+            trajs = rollout(batch, seed=seed)
             seconds = (time.perf_counter() - batch_start) / len(batch)
             records = []
             for traj, ex in zip(trajs, batch):
@@ -126,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a protocol's settings (eval/presets.py)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
     p.add_argument("--batch-size", type=int, default=64, help="questions rolled out together")
-    p.add_argument("--top-k", type=int, default=3, help="passages per search")
+    p.add_argument("--passages-per-search", type=int, default=3, help="passages each search returns")
     p.add_argument("--max-turns", type=int, default=RolloutConfig.max_turns, help="actions per question")
     p.add_argument("--max-new-tokens", type=int, default=RolloutConfig.max_new_tokens, help="tokens per turn")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -144,9 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_rollout(args, examples, retriever) -> tuple[Rollout, str]:
     """The rollout for `--policy`, and its resolved prompt style."""
-    cfg = RolloutConfig(top_k=args.top_k, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, prompt_style=args.prompt_style, seed=args.seed,
-                        max_searches=args.search_budget)
+    cfg = RolloutConfig(passages_per_search=args.passages_per_search, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, prompt_style=args.prompt_style, max_searches=args.search_budget)
     if args.policy == "oracle":
         engine, tokenizer = build_oracle(examples, args.data, args.corpus, args.prompt_style, args.tokenizer)
     else:
@@ -189,7 +188,7 @@ def main(argv=None) -> dict:
     config = {
         "policy": args.policy, "model": args.model if args.policy in BASELINES else None, "data": str(args.data),
         "split": args.split, "index": None if retriever is None else str(args.index), "preset": args.preset,
-        "top_k": args.top_k, "max_turns": args.max_turns, "max_new_tokens": args.max_new_tokens,
+        "passages_per_search": args.passages_per_search, "max_turns": args.max_turns, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "prompt_style": style, "seed": args.seed, "limit": args.limit,
         "headline": args.headline,
     }

@@ -133,15 +133,17 @@ def test_context_loss_covers_the_other_real_tokens_only():
     assert context.item() == pytest.approx(-lp_other, rel=1e-6)
 
 
-def test_autocast_setting():
-    from train.policy import autocast_dtype
+def test_precision_resolves_to_weights_autocast_and_sampler_dtypes():
+    from train.policy import PolicyConfig, resolve_precision
 
-    cpu = torch.device("cpu")
-    assert autocast_dtype("none", cpu) is None
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
-    with pytest.raises(ValueError, match="autocast must be auto, bf16 or none, got 'fp8'"):
-        autocast_dtype("fp8", cpu)
+    bf16 = torch.bfloat16
+    fp32, mixed, half = (resolve_precision(n, "cpu") for n in ("fp32", "bf16-mixed", "bf16"))
+    assert (fp32.weights, fp32.autocast, fp32.sampler) == (torch.float32, None, None)
+    assert (mixed.weights, mixed.autocast, mixed.sampler) == (torch.float32, bf16, bf16)
+    assert (half.weights, half.autocast, half.sampler) == (bf16, bf16, None)
+    assert resolve_precision("auto", "cpu").name in ("fp32", "bf16-mixed")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16-mixed, bf16, got 'fp8'"):
+        PolicyConfig(precision="fp8")
 
 
 @pytest.mark.parametrize("flags, cap, kernels", [
@@ -163,9 +165,9 @@ def test_bf16_kernels_follow_cpu_flags_and_onednn_cap(monkeypatch, flags, cap, k
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert policy.cpu_bf16_kernels() == kernels
-    # autocast "auto" takes bf16 only where a kernel computes it natively
-    expected = None if kernels == "emulated" else torch.bfloat16
-    assert policy.autocast_dtype("auto", torch.device("cpu")) is expected
+    # precision "auto" takes bf16 (mixed, float32 weights) only where a kernel computes it natively
+    expected = "fp32" if kernels == "emulated" else "bf16-mixed"
+    assert policy.resolve_precision("auto", "cpu").name == expected
     assert policy.machine()["bf16_kernels"] == kernels
 
 
@@ -184,7 +186,7 @@ def test_context_term_trains_on_injected_text_and_is_logged(tiny_model_dir):
     for weight in (0.0, 1.0):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         cfg = SFTConfig(max_steps=20, batch_size=2, learning_rate=3e-3, log_every=10, context_lm_weight=weight,
-                        autocast="none", heldout_every=20)
+                        precision="fp32", heldout_every=20)
         history = train_sft(model, tok, [seg] * 4, cfg, heldout=[seg])
         with torch.no_grad():
             results[weight] = sft_losses(model, batch)[1].item()

@@ -27,7 +27,7 @@ def write_run(tok, out, answers: dict[str, str]):
         question = next(q for q in answers if q in tok.decode(prompt_ids, skip_special_tokens=False))
         return f"<search>{question}</search>" if call == 0 else f"<answer>{answers[question]}</answer>"
 
-    rollout = Rollout(ScriptedEngine(tok, script), FixedRetriever(PASSAGES), RolloutConfig(top_k=2, temperature=0.0), tok)
+    rollout = Rollout(ScriptedEngine(tok, script), FixedRetriever(PASSAGES), RolloutConfig(passages_per_search=2, temperature=0.0), tok)
     return evaluate(EXAMPLES, rollout, out, batch_size=4, config={"policy": out.name}, resamples=200)
 
 

@@ -114,25 +114,6 @@ def test_each_row_decodes_as_if_alone(engine, prompts):
     assert [g.token_ids for g in greedy(chunked, prompts, stop_token_ids=stops)] == [g.token_ids for g in alone]
 
 
-def test_greedy_rows_decode_as_greedy_alone_and_report_logprobs_at_the_temperature(engine, prompts):
-    # Rows 0 and 3 greedy among sampled ones, rows ending at different steps (dropped from
-    # the batch), in one batch and in chunks of 2: the greedy rows' tokens are greedy
-    # decoding's, every row's logprobs log_softmax(logits / T).
-    stops = (120, 121, 122, 123, 124, 125, 126, 127, 128, 129)
-    batch = prompts + [prompts[0], prompts[2]]
-    params = SamplingParams(max_new_tokens=20, temperature=0.7, seed=1, stop_token_ids=stops, greedy_rows=frozenset({0, 3}))
-    alone = [g.token_ids for g in greedy(engine, [batch[0], batch[3]], n=20, stop_token_ids=stops)]
-    for eng in (engine, HFEngine(engine.model, engine.tokenizer, max_batch_size=2)):
-        gens = eng.generate(batch, params)
-        assert [gens[0].token_ids, gens[3].token_ids] == alone
-        assert gens[4].token_ids != gens[0].token_ids  # the same prompt, sampled
-        for prompt, gen in zip(batch, gens):
-            expected = full_forward_logprobs(engine.model, prompt, gen.token_ids, 0.7)
-            assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match=r"greedy_rows \[5\] name prompts beyond the 2 given"):
-        engine.generate(prompts[:2], dataclasses.replace(params, greedy_rows=frozenset({5})))
-
-
 def test_longest_prompt_ending_first_changes_nothing_for_the_others(engine, prompts):
     # Dropping the longest row leaves padding columns no remaining row needs; they are
     # trimmed from the cache, which must not move anyone's positions or attention.
@@ -395,15 +376,6 @@ def test_openai_engine_round_trip(fake_server, tiny_tokenizer):
     assert bodies[0]["prompt"] == "Where was Orin Kael born? <answer>" and bodies[0]["n"] == 2
     assert bodies[0]["stop"] == ["</answer>"] and bodies[0]["max_tokens"] == 7 and bodies[0]["temperature"] == 0.5
     assert {b["seed"] for b in bodies} == {3, 4} and bodies[0]["include_stop_str_in_output"] is True
-
-
-def test_openai_engine_sends_greedy_rows_as_their_own_request(fake_server, tiny_tokenizer):
-    engine = OpenAIEngine(f"http://127.0.0.1:{fake_server.server_address[1]}", "tiny", tokenizer=tiny_tokenizer)
-    prompt = tiny_tokenizer.encode("Where was Orin Kael born? <answer>")
-    gens = engine.generate([prompt] * 3, SamplingParams(max_new_tokens=7, temperature=0.5, greedy_rows=frozenset({0})))
-    assert len(gens) == 3
-    bodies = sorted((body for _, body in fake_server.requests), key=lambda b: b["n"])
-    assert [(b["n"], b["temperature"]) for b in bodies] == [(1, 0.0), (2, 0.5)]
 
 
 def test_openai_engine_without_vllm_fields_still_keeps_the_stop(fake_server, tiny_tokenizer):

@@ -71,7 +71,7 @@ def test_rag_rollout_exact_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     engine = ScriptedEngine(tok, ["Velmora</answer>"])
     retriever = FixedRetriever(PASSAGES)
-    cfg = RolloutConfig(top_k=2, max_doc_tokens=4, temperature=0.0)
+    cfg = RolloutConfig(passages_per_search=2, max_doc_tokens=4, temperature=0.0)
     [traj] = OneTurnRollout(engine, retriever, cfg, tok, retrieve=True)([EXAMPLE])
     search = ids(tok, f"<search> {EXAMPLE.question} </search>")
     obs = ids(tok, OBSERVATION_OPEN)
@@ -102,7 +102,7 @@ def test_direct_rollout_bad_output_is_invalid(tiny_tokenizer):
 
 def run_small(policy, model_dir, out, *extra):
     return main(["--policy", policy, "--model", str(model_dir), "--data", str(QA_SMALL), "--out", str(out),
-                 "--max-new-tokens", "6", "--top-k", "2", "--resamples", "100", *extra])
+                 "--max-new-tokens", "6", "--passages-per-search", "2", "--resamples", "100", *extra])
 
 
 def test_rag_baseline_end_to_end(tiny_model_dir, small_index, tmp_path):
@@ -159,8 +159,8 @@ def test_missing_index_is_a_clear_error(tiny_model_dir, tmp_path):
 def test_hot_preset_sets_defaults_that_flags_override():
     base = ["--policy", "tiny", "--data", "d", "--out", "o", "--preset", "hot"]
     args = parse_args(base)
-    assert (args.top_k, args.max_turns, args.search_budget, args.headline) == (3, 9, 4, "em")
-    assert parse_args(base + ["--top-k", "5"]).top_k == 5
+    assert (args.passages_per_search, args.max_turns, args.search_budget, args.headline) == (3, 9, 4, "em")
+    assert parse_args(base + ["--passages-per-search", "5"]).passages_per_search == 5
 
 
 def test_qa_file_without_labels(tiny_model_dir, small_index, tmp_path):

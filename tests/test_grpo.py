@@ -165,37 +165,31 @@ def test_sigkill_mid_training_then_rerun_resumes_exactly(setup, tiny_model_dir):
     assert steps == sorted(steps) and [steps.count(s) for s in (1, 2, 3, 4)] == [6, 6, 6, 6]
 
 
-def test_train_bench_splits_a_step_and_compares_bf16(setup, tiny_model_dir):
-    """`eval/bench/train.py` runs the trainer's own functions and reports every part of a step."""
+def test_train_bench_times_the_trainers_own_step(setup, tiny_model_dir):
+    """`eval/bench/train.py` builds the trainer as `train/grpo.py` does, times `train_step` itself
+    part by part, and compares three speed-ups with their baselines on the last batch."""
     from eval.bench.train import main as bench
 
-    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
-                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
-                 "--temperature", "1.0", "--kl_coef", "0.1", "--steps", "1", "--oversample", "1"])
-    parts = ("generation", "retrieval", "reference logprobs", "update", "rewards", "advantages", "trace records")
+    base = ["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
+            "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
+            "--temperature", "1.0", "--steps", "1"]
+    out = bench(base + ["--kl_coef", "0.1", "--oversample", "1"])
+    parts = ("generation", "retrieval", "rollout bookkeeping", "rewards", "reference logprobs", "update", "trace records")
     assert all(out[p] >= 0 for p in parts) and out["generation"] > 0 and out["update"] > 0
     assert out["reference logprobs"] > 0  # the KL term's reference forward
     assert out["bf16"]["float32_s"] > 0 and out["bf16"]["bf16_s"] > 0
     assert 0 < out["bf16"]["logprob_gap_mean"] <= out["bf16"]["logprob_gap_max"] < 1.0
     assert out["merge"]["whole_s"] > 0 and out["merge"]["merged_s"] > 0 and 0 < out["merge"]["rows_distinct"] <= 1
-    sampler = out["bf16_sampler"]  # the bf16 copy's rollouts, and its logprobs against the trainer's
-    assert sampler["float32_s"] > 0 and sampler["bf16_s"] > 0
-    assert 0 < sampler["logprob_gap_mean"] <= sampler["logprob_gap_max"] < 1.0
+    assert all(v["full_head_s"] > 0 and v["head_on_trained_s"] > 0 for v in out["head"].values())
     assert out["trajectories"] == {"rolled out": 4, "trained on": 4}
-    # --oversample: twice the questions rolled out, the trainer's pick of their groups trained
-    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
-                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
-                 "--temperature", "1.0", "--steps", "1", "--oversample", "2"])
-    assert out["trajectories"] == {"rolled out": 8, "trained on": 4}
     assert out["attention"] == "sdpa"  # a model given by path keeps its default, as in the trainer
-    out = bench(["--model", str(tiny_model_dir), "--data", str(setup / "world"), "--index", str(setup / "bm25"),
-                 "--questions_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "6",
-                 "--steps", "1", "--oversample", "1", "--attn_implementation", "eager"])
-    assert out["attention"] == "eager"
+    # --oversample: twice the questions rolled out, the trainer's pick of their groups trained
+    out = bench(base + ["--oversample", "2"])
+    assert out["trajectories"] == {"rolled out": 8, "trained on": 4}
 
 
 def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_model_dir):
-    """With --rollout_dtype bf16, step 2's sampler logprobs are those of the bf16 copy of the
+    """With --precision bf16-mixed, step 2's sampler logprobs are those of the bf16 copy of the
     weights after step 1, not of the warm start's: the copy is synced after every update."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,7 +197,7 @@ def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_
     from train.batching import collate_segments, token_logprobs
 
     out = setup / "bf16-sampler"
-    main(args(setup, tiny_model_dir, out, 2) + ["--rollout_dtype", "bf16", "--learning_rate", "3e-2",
+    main(args(setup, tiny_model_dir, out, 2) + ["--precision", "bf16-mixed", "--learning_rate", "3e-2",
                                                  "--entropy_coef", "0.01"])
     step2 = [record_to_trajectory(r) for r in read_traces(out / "traces.jsonl") if r["step"] == 2]
     pad_id = AutoTokenizer.from_pretrained(str(tiny_model_dir)).pad_token_id
@@ -222,7 +216,7 @@ def test_rollouts_sample_from_a_bf16_copy_synced_after_every_update(setup, tiny_
 
 def test_tis_on_the_bf16_sampler_logs_its_gap_and_bad_engines_are_refused(setup, tiny_model_dir):
     out = setup / "tis"
-    main(args(setup, tiny_model_dir, out, 1) + ["--rollout_dtype", "bf16", "--tis_cap", "2"])
+    main(args(setup, tiny_model_dir, out, 1) + ["--precision", "bf16-mixed", "--tis_cap", "2"])
     (row,) = metrics(out)
     assert 0 < row["sampler_gap"] <= row["sampler_gap_max"] < 0.5  # bf16 rounding, not another policy
     assert 0.5 < row["tis_weight"] < 2.0
@@ -245,17 +239,15 @@ def test_the_supervised_term_trains_on_the_oracles_demonstrations_of_each_steps_
     (none reading a held-out name), so a random model's cross-entropy on them falls."""
     from agent.data.qa import load_qa
     from retrieval import open_retriever
-    from retrieval.corpus import load_corpus
-    from train.demos import held_out_names
-    from train.grpo import oracle_demos
+    from train.demos import StepDemos, held_out_names
     from train.policy import load_policy
 
     world = setup / "world"
     questions = load_qa(world, "train")[:4]
-    corpus, held = load_corpus(world / "corpus.jsonl"), held_out_names(world)
+    held = held_out_names(world)
     tokenizer = load_policy(tiny_model_dir, need_reference=False).tokenizer
-    demos = oracle_demos(questions + questions[:1], open_retriever(setup / "bm25"), tokenizer,
-                         lambda d: corpus.passage(d).title, RolloutConfig(top_k=2), held, tokenizer.pad_token_id)
+    step_demos = StepDemos(world, open_retriever(setup / "bm25"), tokenizer, RolloutConfig(passages_per_search=2), world)
+    demos = step_demos(questions + questions[:1])
     assert demos is not None and 1 <= demos.input_ids.shape[0] <= 4 * 4  # each question once, a segment or more
     text = tokenizer.decode(demos.input_ids.flatten().tolist())
     assert not any(name in text for name in held)
@@ -266,18 +258,18 @@ def test_the_supervised_term_trains_on_the_oracles_demonstrations_of_each_steps_
 
 
 def test_pick_groups_takes_groups_with_reward_variance_first_then_fills_with_settled_ones():
-    from agent.types import Trajectory
+    from agent.types import Example, Trajectory, TrajectoryGroup
     from rewards.base import Score
     from train.grpo import pick_groups
 
     # groups a (settled), b (mixed), c (settled), d (mixed): two samples each, in rollout order
-    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
-    values = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.2]
-    trajs = [Trajectory(f"q{g}", g, i % 2, []) for i, g in enumerate(groups)]
-    scores = [Score(v) for v in values]
-    assert pick_groups(trajs, scores, 2) == [2, 3, 6, 7]  # the two mixed groups
-    assert pick_groups(trajs, scores, 3) == [0, 1, 2, 3, 6, 7]  # + the first settled one, order kept
-    assert pick_groups(trajs, scores, 9) == list(range(8))
+    values = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [0.0, 0.0], "d": [0.5, 0.2]}
+    groups = [TrajectoryGroup(Example(f"q{g}", "?", ["x"]), [Trajectory(f"q{g}", g, i, []) for i in range(2)],
+                              [Score(v) for v in vs]) for g, vs in values.items()]
+    names = lambda picked: [g.trajectories[0].group_id for g in picked]  # noqa: E731
+    assert names(pick_groups(groups, 2)) == ["b", "d"]  # the two mixed groups
+    assert names(pick_groups(groups, 3)) == ["a", "b", "d"]  # + the first settled one, order kept
+    assert names(pick_groups(groups, 9)) == ["a", "b", "c", "d"]
 
 
 def test_oversampled_steps_train_on_the_chosen_groups_and_trace_every_rollout(setup, tiny_model_dir):
@@ -308,8 +300,7 @@ def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stay
     import retrieval
     import train.grpo as grpo
     from agent.data.qa import load_qa
-    from train.demos import held_out_names
-    from train.grpo import without_held_out
+    from train.demos import examples_without_names, held_out_names
 
     other = world_with_index(setup, seed=7, entities=300, method="bm25", world_name="other", index_name="other-bm25")
     opened, used = {}, []  # index path -> retriever; (retriever, temperature) of every Rollout built
@@ -342,69 +333,22 @@ def test_rollouts_can_come_from_another_worlds_train_split_while_evaluation_stay
     name = sorted(held_out_names(setup / "world"))[0]
     examples = load_qa(other / "other", "train")[:3]
     clash = dataclasses.replace(examples[0], question=f"Who founded {name}?")
-    assert without_held_out([clash, *examples[1:]], str(setup / "world")) == examples[1:]
+    assert examples_without_names([clash, *examples[1:]], held_out_names(setup / "world")) == examples[1:]
     with pytest.raises(ValueError, match="train_data and train_index go together"):
         main(args(setup, tiny_model_dir, setup / "half", 1) + ["--train_data", str(other / "other")])
 
 
-def test_adam_eps_scales_the_update_of_small_gradients_and_bad_values_are_refused(setup, tiny_model_dir):
-    # An epsilon far above every gradient turns AdamW's step of about lr into lr x gradient / eps.
-    def largest_move(eps, out, steps=1):
-        main(args(setup, tiny_model_dir, out, steps) + ["--adam_eps", eps, "--entropy_coef", "0.01"])
-        before = weights(out / f"checkpoint-{steps - 1}" if steps > 1 else tiny_model_dir)
-        after = weights(out / f"checkpoint-{steps}")
-        return max((after[k] - before[k]).abs().max().item() for k in after)
-
-    assert largest_move("1e-8", setup / "adam-eps-small") > 1e-4  # lr 1e-3
-    assert largest_move("1e3", setup / "adam-eps-large") < 1e-6
-    # resumed with another epsilon, the run takes its own, not the one saved with the optimizer
-    assert largest_move("1e-8", setup / "adam-eps-large", steps=2) > 1e-4
-    with pytest.raises(ValueError, match="adam_eps must be > 0, got 0.0"):
-        main(args(setup, tiny_model_dir, setup / "bad-eps", 1) + ["--adam_eps", "0"])
-
-
-def test_freeze_embeddings_leaves_the_embeddings_and_output_head_as_they_were(setup, tiny_model_dir):
-    out = setup / "frozen-embeddings"
-    main(args(setup, tiny_model_dir, out, 1) + ["--freeze_embeddings", "true", "--entropy_coef", "0.01"])
-    before, after = weights(tiny_model_dir), weights(out / "checkpoint-1")
-    moved = {k for k in after if not torch.equal(after[k], before[k])}
-    embedding = {k for k in after if "embed_tokens" in k or "lm_head" in k}
-    assert embedding and not moved & embedding
-    assert any("layers.0." in k for k in moved)  # the blocks still train
-
-
-def test_greedy_samples_train_on_policy_and_bad_counts_are_refused(setup, tiny_model_dir):
-    # A greedy sample's logprobs are taken at the training temperature: the first update's
-    # ratios are then 1 on every row (at T = 1 they would differ by the temperature's change).
-    # Float32 throughout, the sampler being the trainer: where the CPU has bf16 kernels `auto`
-    # would sample from a bf16 copy and train under autocast, ratios 1 up to bf16 rounding.
-    out = setup / "greedy-samples"
-    main(args(setup, tiny_model_dir, out, 1) + ["--greedy_samples", "1", "--temperature", "0.5",
-                                                "--rollout_dtype", "same", "--autocast", "none"])
-    (row,) = metrics(out)
-    assert abs(row["ratio_max"] - 1) < 1e-3 and abs(row["ratio_mean"] - 1) < 1e-4
-    groups = {}
-    for t in read_traces(out / "traces.jsonl"):
-        groups.setdefault(t["group_id"], []).append(t)
-    assert len(groups) == 2 and all(len(g) == 3 for g in groups.values())
-    with pytest.raises(ValueError, match=r"greedy_samples must be in \[0, group_size=3\)"):
-        main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "3"])
-    with pytest.raises(ValueError, match="greedy_samples needs rollout_engine=hf"):
-        main(args(setup, tiny_model_dir, setup / "bad-greedy", 1) + ["--greedy_samples", "1", "--rollout_engine", "vllm"])
-
-
 def test_eager_attention_trains_as_sdpa_does(setup, tiny_model_dir, monkeypatch):
-    """The attention kernels are a speed setting: with --attn_implementation eager the update
-    runs eager attention, and step 1 logs the default's (SDPA) loss and gradient norm up to
-    rounding (in float32: bf16 autocast rounds the two kernels' tiny gradients differently)."""
+    """The attention kernels are a speed choice the trainer makes: the tiny default trains with
+    eager attention, a model given by path with its default (SDPA), and step 1 logs the same
+    loss and gradient norm either way up to rounding (in float32: bf16 autocast rounds the two
+    kernels' tiny gradients differently)."""
     from transformers.models.qwen2 import modeling_qwen2
 
+    import train.grpo as grpo
     from train.policy import training_attention
 
-    assert training_attention("auto", tiny=True) == "eager" and training_attention("auto", tiny=False) is None
-    assert training_attention("sdpa", tiny=True) == "sdpa"
-    with pytest.raises(ValueError, match="attn_implementation"):
-        training_attention("", tiny=True)
+    assert training_attention(tiny=True) == "eager" and training_attention(tiny=False) is None
     eager_with_grad = []
     eager = modeling_qwen2.eager_attention_forward
 
@@ -415,11 +359,24 @@ def test_eager_attention_trains_as_sdpa_does(setup, tiny_model_dir, monkeypatch)
     monkeypatch.setattr(modeling_qwen2, "eager_attention_forward", counted)
     runs, trained_eager = {}, {}
     for attention in ("sdpa", "eager"):
+        if attention == "eager":  # as for the tiny default
+            monkeypatch.setattr(grpo, "training_attention", lambda tiny: "eager")
         out = setup / f"attention-{attention}"
         eager_with_grad.clear()
-        main(args(setup, tiny_model_dir, out, 1) + ["--attn_implementation", attention, "--entropy_coef", "0.01",
-                                                     "--autocast", "none"])
+        main(args(setup, tiny_model_dir, out, 1) + ["--entropy_coef", "0.01", "--precision", "fp32"])
         runs[attention], trained_eager[attention] = metrics(out)[0], sum(eager_with_grad)
     assert trained_eager == {"sdpa": 0, "eager": trained_eager["eager"]} and trained_eager["eager"] > 0
     for key in ("loss", "grad_norm", "entropy", "reward"):
         assert runs["eager"][key] == pytest.approx(runs["sdpa"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_an_annealed_trust_weight_follows_the_training_step(setup, tiny_model_dir):
+    """Trust-GRPO's process weight anneals with the updates done: the trainer tells the reward
+    the step before scoring, so step 1 scores with w0 and step 2 with the next weight."""
+    spec = [{"name": "trust", "process": [{"name": "judge"}], "w0": 1.0, "w1": 0.0, "anneal_steps": 2}]
+    out = setup / "trust-anneal"
+    main(args(setup, tiny_model_dir, out, 2) + ["--rewards", json.dumps(spec)])
+    rows = metrics(out)
+    assert [r["rewards/trust/process_weight"] for r in rows] == [1.0, 0.5]
+    traces = read_traces(out / "traces.jsonl")
+    assert {t["rewards"]["trust/process_weight"] for t in traces if t["step"] == 2} == {0.5}

@@ -64,10 +64,10 @@ def test_symmetric_clip_and_importance_weights():
 
 def test_policy_loss_with_other_aggregations():
     # Per-token losses with clip .2: [-1.2, .8, -1.1, -.7]; one row, so seq mean = token mean;
-    # dr_grpo with max_tokens 8: -2.2 / (1 * 8) = -.275.
+    # seq_mean_token_sum_norm with max_tokens 8: -2.2 / (1 * 8) = -.275.
     loss, _ = policy_loss(new_logprobs(), OLD, ADV, MASK, aggregation="seq_mean_token_mean")
     assert loss.item() == pytest.approx(-0.55, abs=1e-6)
-    loss, _ = policy_loss(new_logprobs(), OLD, ADV, MASK, aggregation="dr_grpo", max_tokens=8)
+    loss, _ = policy_loss(new_logprobs(), OLD, ADV, MASK, aggregation="seq_mean_token_sum_norm", max_tokens=8)
     assert loss.item() == pytest.approx(-0.275, abs=1e-6)
 
 
@@ -79,10 +79,10 @@ def test_three_aggregations_by_hand():
     assert aggregate(loss, mask, "token_mean").item() == pytest.approx(2.5)
     # seq_mean_token_mean: rows 2 and 4, the empty row left out -> 3
     assert aggregate(loss, mask, "seq_mean_token_mean").item() == pytest.approx(3.0)
-    # dr_grpo: 10 / (3 rows * 5) = .666667
-    assert aggregate(loss, mask, "dr_grpo", max_tokens=5).item() == pytest.approx(10 / 15)
+    # seq_mean_token_sum_norm: 10 / (3 rows * 5) = .666667
+    assert aggregate(loss, mask, "seq_mean_token_sum_norm", max_tokens=5).item() == pytest.approx(10 / 15)
     with pytest.raises(ValueError, match="needs max_tokens"):
-        aggregate(loss, mask, "dr_grpo")
+        aggregate(loss, mask, "seq_mean_token_sum_norm")
     with pytest.raises(ValueError, match="aggregation must be one of"):
         aggregate(loss, mask, "mean")
 
@@ -90,12 +90,12 @@ def test_three_aggregations_by_hand():
 def test_row_counts_weigh_as_repeated_rows():
     # The first row stands for 3 identical rows and the second for 1: by hand,
     # token_mean (3 * (1 + 2 + 3) + 4) / (3 * 3 + 1) = 2.2; seq_mean (3 * 2 + 4) / 4 = 2.5;
-    # dr_grpo 22 / (4 rows * 5) = 1.1. The same values as the batch with the row repeated.
+    # seq_mean_token_sum_norm 22 / (4 rows * 5) = 1.1. The same values as the batch with the row repeated.
     loss = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     counts = torch.tensor([3.0, 1.0])
     repeated = [0, 0, 0, 1]
-    for mode, by_hand in (("token_mean", 2.2), ("seq_mean_token_mean", 2.5), ("dr_grpo", 1.1)):
+    for mode, by_hand in (("token_mean", 2.2), ("seq_mean_token_mean", 2.5), ("seq_mean_token_sum_norm", 1.1)):
         merged = aggregate(loss, mask, mode, max_tokens=5, counts_B=counts)
         assert merged.item() == pytest.approx(by_hand)
         assert aggregate(loss[repeated], mask[repeated], mode, max_tokens=5).item() == pytest.approx(by_hand)

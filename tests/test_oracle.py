@@ -23,8 +23,8 @@ def rollout(tok, examples, retriever, judge=True, **cfg):
 
 
 def test_oracle_follows_the_chain_and_drops_distractors(tiny_tokenizer):
-    # "Orin Kael" also matches the near-duplicate "Orin Kale" (d1); top_k=1 returns it first.
-    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), top_k=1)
+    # "Orin Kael" also matches the near-duplicate "Orin Kale" (d1); one passage per search returns it first.
+    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), passages_per_search=1)
     steps = [(s.kind, s.text) for s in traj.steps]
     assert steps == [
         ("search", "Orin Kael"),  # brings the distractor d1 only
@@ -37,7 +37,7 @@ def test_oracle_follows_the_chain_and_drops_distractors(tiny_tokenizer):
 
 
 def test_oracle_answers_when_every_hop_is_supported(tiny_tokenizer):
-    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), top_k=2)
+    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), passages_per_search=2)
     assert [(s.kind, s.text) for s in traj.steps] == [
         ("search", "Orin Kael"),
         ("judge", "useful"),
@@ -50,7 +50,7 @@ def test_oracle_answers_when_every_hop_is_supported(tiny_tokenizer):
 
 
 def test_oracle_without_judging(tiny_tokenizer):
-    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), judge=False, top_k=2)
+    [traj] = rollout(tiny_tokenizer, [TWO_HOP], FixedRetriever(PASSAGES), judge=False, passages_per_search=2)
     assert [s.kind for s in traj.steps] == ["search", "search", "answer"]
     assert traj.answer == "Dastria"
 

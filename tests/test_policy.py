@@ -11,7 +11,7 @@ def batch(tok):
 
 
 def test_lora_reference_is_the_base_with_the_adapter_off(tiny_model_dir):
-    policy = load_policy(str(tiny_model_dir), lora_r=4, dtype="float32")
+    policy = load_policy(str(tiny_model_dir), lora_r=4, dtype=torch.float32)
     b = batch(policy.tokenizer)
     with torch.no_grad():
         base = token_logprobs(policy.model, b)
@@ -31,19 +31,20 @@ def test_lora_reference_is_the_base_with_the_adapter_off(tiny_model_dir):
 
 
 def test_full_finetuning_reference_is_a_frozen_copy(tiny_model_dir):
-    policy = load_policy(str(tiny_model_dir), dtype="float32")
+    policy = load_policy(str(tiny_model_dir), dtype=torch.float32)
     assert policy.reference is not policy.model
     assert not any(p.requires_grad for p in policy.reference.parameters())
     assert load_policy(str(tiny_model_dir), need_reference=False).reference is None
 
 
-def test_rollout_model_is_the_policy_or_a_bf16_copy_that_tracks_it(tiny_model_dir):
+def test_the_sampler_is_the_policy_or_a_bf16_copy_that_tracks_it(tiny_model_dir):
     from agent.engines.hf import HFEngine
-    from train.policy import rollout_model
+    from train.policy import sampler_model
 
-    policy = load_policy(str(tiny_model_dir), need_reference=False, dtype="float32")
-    assert rollout_model(policy, "same") is policy.model
-    sampler = rollout_model(policy, "bf16")
+    policy = load_policy(str(tiny_model_dir), need_reference=False, dtype=torch.float32)
+    assert sampler_model(policy, None) is policy.model
+    assert sampler_model(policy, torch.float32) is policy.model  # already in that dtype
+    sampler = sampler_model(policy, torch.bfloat16)
     assert sampler is not policy.model
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in sampler.parameters())
     trained = dict(policy.model.named_parameters())
@@ -63,16 +64,11 @@ def test_rollout_model_is_the_policy_or_a_bf16_copy_that_tracks_it(tiny_model_di
         assert torch.equal(p, trained[name].detach().to(torch.bfloat16)), name
 
 
-def test_rollout_model_refuses_an_unknown_setting_and_shares_a_lora_model(tiny_model_dir):
-    import pytest
+def test_a_lora_model_samples_itself(tiny_model_dir):
+    from train.policy import sampler_model
 
-    from train.policy import rollout_model
-
-    policy = load_policy(str(tiny_model_dir), need_reference=False, dtype="float32")
-    with pytest.raises(ValueError, match="rollout_dtype must be auto, same or bf16, got 'fp8'"):
-        rollout_model(policy, "fp8")
-    lora = load_policy(str(tiny_model_dir), lora_r=4, dtype="float32")
-    assert rollout_model(lora, "bf16") is lora.model
+    lora = load_policy(str(tiny_model_dir), lora_r=4, dtype=torch.float32)
+    assert sampler_model(lora, torch.bfloat16) is lora.model
 
 
 def test_lora_sampler_weights_are_the_merged_model(tiny_model_dir):
@@ -82,7 +78,7 @@ def test_lora_sampler_weights_are_the_merged_model(tiny_model_dir):
 
     from train.policy import load_policy, sampler_weights
 
-    policy = load_policy(tiny_model_dir, lora_r=4, dtype="float32")
+    policy = load_policy(tiny_model_dir, lora_r=4, dtype=torch.float32)
     with torch.no_grad():  # a trained adapter (peft starts B at 0, a delta of 0)
         for name, p in policy.model.named_parameters():
             if "lora_B" in name:

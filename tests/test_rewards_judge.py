@@ -76,7 +76,7 @@ def test_judge_reward_on_a_rolled_out_trajectory(tiny_tokenizer):
         "<judge>useful</judge>",  # right
         "<answer>Velmora</answer>",
     ]
-    rollout = Rollout(ScriptedEngine(tiny_tokenizer, turns), FixedRetriever(PASSAGES), RolloutConfig(top_k=2), tiny_tokenizer)
+    rollout = Rollout(ScriptedEngine(tiny_tokenizer, turns), FixedRetriever(PASSAGES), RolloutConfig(passages_per_search=2), tiny_tokenizer)
     [t] = rollout([BORN])
     assert [s.kind for s in t.steps] == ["search", "judge", "search", "judge", "answer"] and t.steps[0].dropped
     assert ideal_labels(t, BORN, refusing_scorer) == [None, "useful", None, "useful", None]

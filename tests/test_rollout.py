@@ -21,10 +21,11 @@ def observation(tok, passages, max_doc_tokens):
     return out + ids(tok, OBSERVATION_CLOSE)
 
 
-def run(tok, script, cfg=None, examples=(EXAMPLE,), group_size=1, retriever=None):
+def run(tok, script, cfg=None, examples=(EXAMPLE,), group_size=1, retriever=None, seed=None):
     engine = ScriptedEngine(tok, script)
-    rollout = Rollout(engine, retriever or FixedRetriever(PASSAGES), cfg or RolloutConfig(top_k=2, max_doc_tokens=4), tok)
-    return rollout(list(examples), group_size), engine
+    cfg = cfg or RolloutConfig(passages_per_search=2, max_doc_tokens=4)
+    rollout = Rollout(engine, retriever or FixedRetriever(PASSAGES), cfg, tok)
+    return rollout(list(examples), group_size, seed=seed), engine
 
 
 def test_search_judge_drop_search_answer_exact_tokens(tiny_tokenizer):
@@ -113,14 +114,14 @@ def test_too_many_invalid_actions_end_the_trajectory(tiny_tokenizer):
 
 
 def test_max_turns(tiny_tokenizer):
-    cfg = RolloutConfig(max_turns=3, top_k=1)
+    cfg = RolloutConfig(max_turns=3, passages_per_search=1)
     [traj], engine = run(tiny_tokenizer, lambda ids, call: "<search>Velmora</search>", cfg)
     assert traj.finish == "max_turns" and len(engine.calls) == 3
 
 
 def test_max_response_tokens_cuts_and_finishes(tiny_tokenizer):
     tok = tiny_tokenizer
-    cfg = RolloutConfig(max_response_tokens=6, top_k=1)
+    cfg = RolloutConfig(max_response_tokens=6, passages_per_search=1)
     [traj], _ = run(tok, lambda ids, call: "<search>Orin Kael was born in Velmora</search>", cfg)
     assert traj.finish == "max_tokens"
     assert traj.n_response_tokens == 6
@@ -128,7 +129,7 @@ def test_max_response_tokens_cuts_and_finishes(tiny_tokenizer):
 
 
 def test_observation_that_does_not_fit_finishes_with_max_tokens(tiny_tokenizer):
-    cfg = RolloutConfig(max_response_tokens=12, top_k=3, max_doc_tokens=32)
+    cfg = RolloutConfig(max_response_tokens=12, passages_per_search=3, max_doc_tokens=32)
     [traj], _ = run(tiny_tokenizer, lambda ids, call: "<search>Velmora</search>", cfg)
     assert traj.finish == "max_tokens"
     assert all(m == 1 for m in traj.segments[0].loss_mask)  # nothing half-injected
@@ -176,8 +177,8 @@ def test_failing_retriever_is_a_recorded_outcome(tiny_tokenizer):
 
 
 def test_sampling_params_reach_the_engine(tiny_tokenizer):
-    cfg = RolloutConfig(temperature=0.7, top_p=0.9, seed=3, max_new_tokens=17)
-    _, engine = run(tiny_tokenizer, lambda ids, call: "<answer>x</answer>", cfg)
+    cfg = RolloutConfig(temperature=0.7, top_p=0.9, max_new_tokens=17)
+    _, engine = run(tiny_tokenizer, lambda ids, call: "<answer>x</answer>", cfg, seed=3)
     p = engine.params[0]
     assert (p.temperature, p.top_p, p.max_new_tokens, p.seed) == (0.7, 0.9, 17, 3 * 1_000_003)
     vocab = tiny_tokenizer.get_vocab()
@@ -191,7 +192,7 @@ def test_bad_config_is_refused():
 
 
 def test_search_budget(tiny_tokenizer):
-    cfg = RolloutConfig(max_searches=1, top_k=1)
+    cfg = RolloutConfig(max_searches=1, passages_per_search=1)
     script = ["<search>Velmora</search>", "<search>Orin Kael</search>", "<answer>Velmora</answer>"]
     [traj], engine = run(tiny_tokenizer, script, cfg)
     assert [s.kind for s in traj.steps] == ["search", "invalid", "answer"]
@@ -217,23 +218,3 @@ def test_auto_prompt_style_is_compact_only_with_every_protocol_tag_in_the_vocabu
     assert resolve_style(fast) == "chat"
     fast.add_tokens([PROTOCOL_TAGS[-1]], special_tokens=True)
     assert resolve_style(fast) == "compact"
-
-
-def test_greedy_samples_name_each_groups_first_rows_of_every_call(tiny_tokenizer):
-    # q1 searches, then answers; q2 answers at once: the second call holds q1's rows only,
-    # and `greedy_rows` indexes that call's prompts.
-    def script(ids, call):
-        return "<search>Velmora</search>" if call == 0 and "Orin" in tiny_tokenizer.decode(ids) else "<answer>x</answer>"
-
-    cfg = RolloutConfig(temperature=0.3, seed=2, greedy_samples=1, top_k=2, max_doc_tokens=4)
-    examples = [EXAMPLE, Example("q2", "Who wrote The Ashen Lantern?", ["Mira Solen"])]
-    trajs, engine = run(tiny_tokenizer, script, cfg, examples=examples, group_size=3)
-    assert [len(c) for c in engine.calls] == [6, 3]
-    assert [p.greedy_rows for p in engine.params] == [frozenset({0, 3}), frozenset({0})]
-    assert all(p.temperature == 0.3 for p in engine.params)
-    assert [(t.example_id, t.sample) for t in trajs] == [(ex.id, k) for ex in examples for k in range(3)]
-
-
-def test_negative_greedy_samples_are_refused():
-    with pytest.raises(ValueError, match="greedy_samples must be >= 0"):
-        RolloutConfig(greedy_samples=-1)

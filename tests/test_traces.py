@@ -14,7 +14,7 @@ EX = Example("q1", "Where was Orin Kael born?", ["Velmora"], support=["d2"], met
 def trajs(tiny_tokenizer):
     script = ["<search>Orin Kael</search>", "<judge>not useful</judge>", "<answer>Velmora</answer>"]
     engine = ScriptedEngine(tiny_tokenizer, script)
-    return Rollout(engine, FixedRetriever(PASSAGES), RolloutConfig(top_k=2), tiny_tokenizer)([EX])
+    return Rollout(engine, FixedRetriever(PASSAGES), RolloutConfig(passages_per_search=2), tiny_tokenizer)([EX])
 
 
 def test_record_roundtrip(trajs, tiny_tokenizer, tmp_path):

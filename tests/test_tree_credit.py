@@ -101,34 +101,35 @@ def test_rows_follow_segments_across_a_dropped_observation():
 def test_the_trainer_places_tree_credit_in_place_of_the_sequence_advantage():
     """advantage=process with outcome_credit=tree: the outcome part of every token is the tree
     credit (0 where the samples agree), the process part is the same as with sequence credit."""
+    from agent.types import Example, TrajectoryGroup
     from rewards.base import Score
-    from train.grpo import GRPOConfig
+    from train.advantages import AdvantageConfig
     from train.update import advantages_for
 
     trajs = [_traj(0, [([5, 6], [1, 2, 3, 4], [1, 1, 1, 1])], True),
              _traj(1, [([5, 6], [1, 2, 3, 9], [1, 1, 1, 1])], False)]
+
+    def advantages(scores, credit):
+        group = TrajectoryGroup(Example("e", "?", ["a"]), trajs, scores)
+        acfg = AdvantageConfig(scale_by_std=False, negative_weight=1.0, outcome_credit=credit)
+        return advantages_for([group], acfg, pad_id=0).adv_B_T
+
     scores = [Score(1.0, [0.0, 0.0]), Score(0.0, [0.0, 0.0])]
-    sequence = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, negative_weight=1.0,
-                                                        outcome_credit="sequence"), pad_id=0).adv_B_T
-    tree = advantages_for(trajs, scores, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="tree"),
-                          pad_id=0).adv_B_T
+    sequence, tree = advantages(scores, "sequence"), advantages(scores, "tree")
     torch.testing.assert_close(sequence, torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.5, 0.5], [0.0, 0.0, -0.5, -0.5, -0.5, -0.5]]))
     torch.testing.assert_close(tree, torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0, -0.5]]))
     # with step rewards, the process part adds to both alike
     stepped = [Score(1.5, [0.5, 0.0]), Score(0.0, [0.0, 0.0])]
-    seq2 = advantages_for(trajs, stepped, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="sequence"),
-                          pad_id=0).adv_B_T
-    tree2 = advantages_for(trajs, stepped, GRPOConfig(scale_by_std=False, negative_weight=1.0, outcome_credit="tree"),
-                           pad_id=0).adv_B_T
+    seq2, tree2 = advantages(stepped, "sequence"), advantages(stepped, "tree")
     torch.testing.assert_close(seq2 - sequence, tree2 - tree)
     assert (seq2 - sequence).abs().sum() > 0
 
 
 def test_unknown_outcome_credit_is_refused():
-    from train.grpo import GRPOConfig
+    from train.advantages import AdvantageConfig
 
     with pytest.raises(ValueError, match="outcome_credit must be sequence or tree, got 'trie'"):
-        GRPOConfig(outcome_credit="trie")
+        AdvantageConfig(outcome_credit="trie")
 
 
 def test_the_docstring_example_holds():

@@ -44,19 +44,19 @@ def test_vllm_rollouts_sample_the_weights_of_the_last_update(setup, lora_r):
           "--output_dir", str(out), "--max_steps", "2", "--questions_per_step", "2", "--group_size", "3",
           "--max_turns", "2", "--max_new_tokens", "6", "--eval_questions", "0", "--test_questions", "0",
           "--save_every", "1", "--learning_rate", "3e-2", "--temperature", "1.0", "--entropy_coef", "0.01",
-          "--kl_coef", "0", "--autocast", "none", "--rollout_engine", "vllm", "--lora_r", str(lora_r),
+          "--kl_coef", "0", "--precision", "fp32", "--rollout_engine", "vllm", "--lora_r", str(lora_r),
           "--oversample", "1"])
     gc.collect()  # the run's vLLM engine and its workers
     rows = [r for r in read_traces(out / "metrics.jsonl") if r["step"] > 0]
     assert [r["step"] for r in rows] == [1, 2]
     step2 = [record_to_trajectory(r) for r in read_traces(out / "traces.jsonl") if r["step"] == 2]
-    policy = load_policy(model_dir, need_reference=False, dtype="float32")
+    policy = load_policy(model_dir, need_reference=False, dtype=torch.float32)
     batch = collate_segments([seg for t in step2 for seg in t.segments], policy.tokenizer.pad_token_id)
     mask = batch.loss_mask.bool()
 
     def gap(resume_from) -> float:  # mean |log pi(weights) - sampler logprob| over sampled tokens
         model = load_policy(model_dir, resume_from=resume_from, lora_r=lora_r, need_reference=False,
-                            dtype="float32").model.eval()
+                            dtype=torch.float32).model.eval()
         with torch.no_grad():
             logprobs = token_logprobs(model, batch, temperature=1.0)
         return float((logprobs[mask] - batch.old_logprobs[mask]).abs().mean())

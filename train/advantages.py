@@ -7,10 +7,10 @@ positions per row, S = the most sampled tokens any one trajectory has.
 
 Outcome-only GRPO, the common case:
 
+    trajs = [traj for group in groups for traj in group.trajectories]  # groups: list[agent.types.TrajectoryGroup]
     segments = [seg for traj in trajs for seg in traj.segments]
     traj_index_B = torch.tensor([n for n, traj in enumerate(trajs) for _ in traj.segments])
-    order = {}
-    group_ids_N = torch.tensor([order.setdefault(t.group_id, len(order)) for t in trajs])
+    group_ids_N = torch.tensor([g for g, group in enumerate(groups) for _ in group.trajectories])
     batch = collate_segments(segments, pad_id)
     adv_N = ADVANTAGE_ESTIMATORS["grpo"](rewards_N, group_ids_N)
     adv_B_T = adv_N[traj_index_B, None] * batch.loss_mask
@@ -40,16 +40,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import torch
 
 from agent.types import Trajectory
 from rewards.base import Score
+from train.config import doc
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "AdvantageConfig",
     "PlacedRewards",
     "discounted_returns",
     "gae_advantages",
@@ -127,14 +128,47 @@ def _reinforce_pp_global(rewards_N: torch.Tensor, group_ids_N: torch.Tensor) -> 
     return reinforce_pp_advantages(rewards_N)  # the global baseline ignores groups by design
 
 
-# Every entry: (rewards_N, group_ids_N) -> advantages_N.
+# Every entry: (rewards_N, group_ids_N) -> advantages_N. GRPO with or without its std
+# (Dr.GRPO) is `AdvantageConfig.scale_by_std`.
 ADVANTAGE_ESTIMATORS = {
     "grpo": grpo_outcome_advantages,
-    "dr_grpo": partial(grpo_outcome_advantages, scale_by_std=False),
     "rloo": rloo_advantages,
     "reinforce_pp": _reinforce_pp_global,
     "reinforce_pp_baseline": reinforce_pp_advantages,
 }
+
+
+ESTIMATORS = ("process", *ADVANTAGE_ESTIMATORS)
+OUTCOME_CREDITS = ("tree", "sequence")
+
+
+@dataclass
+class AdvantageConfig:
+    """How scored trajectories become per-token advantages."""
+
+    estimator: str = doc(
+        "process: GRPO's outcome advantage + process_weight x group-normalised step rewards on the tokens that "
+        "end each step (DeepSeekMath's process supervision) | grpo: outcome only (Shao et al. 2024) | rloo: "
+        "leave-one-out baseline (Ahmadian et al. 2024) | reinforce_pp: batch-whitened rewards, REINFORCE++ "
+        "(Hu 2025) | reinforce_pp_baseline: group mean subtracted first", "process")
+    process_weight: float = doc("estimator=process: weight of the process (step reward) advantage", 0.5)
+    outcome_credit: str = doc(
+        "estimator=process: where the outcome advantage lands. sequence: on every sampled token of the trajectory "
+        "(GRPO). tree: on the tokens where the group's samples part, each getting the change in the mean outcome "
+        "of the samples sharing the stream before it; adds up to the GRPO advantage along each trajectory "
+        "(train/tree_credit.py)", "tree")
+    negative_weight: float = doc("scale of negative advantages: 1 = as estimated, < 1 pushes less on samples worse "
+                                 "than their group's mean", 0.3)
+    scale_by_std: bool = doc("divide group-centred rewards by the group's std (GRPO); false centres only, as "
+                             "Dr.GRPO (Liu et al. 2025) does against the difficulty bias of the std", True)
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.outcome_credit not in OUTCOME_CREDITS:
+            raise ValueError(f"outcome_credit must be sequence or tree, got {self.outcome_credit!r}")
+        if self.negative_weight < 0:
+            raise ValueError(f"negative_weight must be >= 0, got {self.negative_weight}")
 
 
 # -- placing rewards on tokens (the one place that reads trajectories) ----------------------

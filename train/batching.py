@@ -79,7 +79,7 @@ def _body_and_head(model):
 
 
 def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: int = 8, with_entropy: bool = False,
-                   only_loss: bool = False, with_dist: bool = False, kl_to: "TokenDists | None" = None):
+                   only_loss: bool = False):
     """(B, L) log pi(x_t | x_<t) under softmax(logits / T); position 0 (no history) is 0.
 
     Computed in float32 a few rows at a time, so a large vocabulary never materialises a
@@ -91,25 +91,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
 
     With `only_loss`, the output head runs only where `loss_mask` is set (the trainer's
     tokens, a tenth of a search agent's rows; passages are context) and every other
-    position is 0: the same values there, ~15% less time for the tiny model (eval/bench/train.py).
-
-    With `with_dist` (and `only_loss`), also returns the whole log-softmax at every trained
-    position (`TokenDists`, positions x vocabulary floats: meant for small vocabularies);
-    with `kl_to`, such a `TokenDists` of another model over the same rows, also returns the
-    (B, L) exact KL(this model || that one) over the vocabulary at each trained position,
-    with gradients (`--kl_estimator full`). Extra outputs come in that order after the
-    logprobs: entropy, dists, KL.
+    position is 0: the same values there, less time (eval/bench/train.py measures it).
     """
-    if (with_dist or kl_to is not None) and not only_loss:
-        raise ValueError("with_dist and kl_to need only_loss=True (distributions are kept at trained positions only)")
     T = temperature if temperature > 0 else 1.0
     B, L = batch.input_ids.shape
     lengths_B = batch.attention_mask.sum(1)
     order_B = torch.argsort(lengths_B, descending=True, stable=True)
     split = _body_and_head(model) if only_loss else None
-    out, entropies, kls, dists = [], [], [], []
-    index_B_L = torch.full((B, L), -1, dtype=torch.long) if with_dist else None
-    n_kept = 0
+    out, entropies = [], []
     for start in range(0, B, chunk):
         rows_b = order_B[start : start + chunk]
         n = max(int(lengths_B[rows_b].max()), 1)
@@ -130,46 +119,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
         values = [picked_k - lse_k]
         if with_entropy:
             values.append(lse_k - (torch.softmax(logits_k_V, dim=-1) * logits_k_V).sum(-1))
-        if with_dist or kl_to is not None:
-            logp_k_V = logits_k_V - lse_k.unsqueeze(-1)
-            rows_cpu_b = rows_b.cpu()  # the kept distributions' index lives on the CPU
-        if with_dist:
-            dists.append(logp_k_V.detach())
-            b_k, t_k = keep_b_m.cpu().nonzero(as_tuple=True)
-            index_B_L[rows_cpu_b[b_k], t_k + 1] = torch.arange(n_kept, n_kept + len(b_k))
-            n_kept += len(b_k)
-        if kl_to is not None:
-            ref_k_V = kl_to.logp_K_V[kl_to.index_B_L[rows_cpu_b, 1:n][keep_b_m.cpu()]].to(logp_k_V.device)
-            values.append((logp_k_V.exp() * (logp_k_V - ref_k_V)).sum(-1))
         if split is not None:  # scatter back onto the (b, n - 1) grid
             values = [v.new_zeros(keep_b_m.shape).masked_scatter(keep_b_m, v) for v in values]
         out.append(torch.nn.functional.pad(values[0], (1, L - n)))
         if with_entropy:
             entropies.append(torch.nn.functional.pad(values[1], (1, L - n)))
-        if kl_to is not None:
-            kls.append(torch.nn.functional.pad(values[-1], (1, L - n)))
     unsort_B = torch.argsort(order_B)
-    outputs = [torch.cat(out, dim=0)[unsort_B]]
-    if with_entropy:
-        outputs.append(torch.cat(entropies, dim=0)[unsort_B])
-    if with_dist:
-        V = dists[0].shape[-1] if dists else 0
-        outputs.append(TokenDists(index_B_L, torch.cat(dists) if dists else torch.zeros(0, V)))
-    if kl_to is not None:
-        outputs.append(torch.cat(kls, dim=0)[unsort_B])
-    return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-
-@dataclass
-class TokenDists:
-    """Log-softmax rows at a batch's trained positions: `index_B_L` gives each position's row
-    of `logp_K_V` (-1 where nothing was kept). `rows(idx)` selects batch rows, as `TokenBatch.rows`."""
-
-    index_B_L: torch.Tensor  # (B, L) long
-    logp_K_V: torch.Tensor  # (K, V) float32
-
-    def rows(self, idx: torch.Tensor) -> "TokenDists":
-        return TokenDists(self.index_B_L[idx.cpu()], self.logp_K_V)
+    logprobs_B_L = torch.cat(out, dim=0)[unsort_B]
+    return (logprobs_B_L, torch.cat(entropies, dim=0)[unsort_B]) if with_entropy else logprobs_B_L
 
 
 def merge_duplicate_rows(batch: TokenBatch, adv_B_T: torch.Tensor) -> tuple[TokenBatch, torch.Tensor, torch.Tensor]:

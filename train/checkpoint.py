@@ -1,8 +1,10 @@
 """Checkpoints: `output_dir/checkpoint-{step}/` with the model (safetensors), tokenizer,
-optimizer, scheduler, RNG states, data cursor and config.
+optimizer, scheduler, RNG states, data cursor and config; and resuming a run from one.
 
 A checkpoint is written under a temporary name and renamed when complete, so a run killed
-mid-write leaves no half checkpoint; `latest_checkpoint` only ever sees complete ones.
+mid-write leaves no half checkpoint; `latest_checkpoint` only ever sees complete ones. On
+resume, the lines metrics.jsonl and traces.jsonl got after the checkpoint are dropped
+(those steps are redone), so each step appears once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import json
 import random
 import re
 import shutil
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+
+from train.metrics_log import truncate_after
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.pt"
@@ -122,3 +127,37 @@ def load_trainer_state(path: str | Path, optimizer, scheduler) -> dict:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return {"step": state["step"], "cursor": state["cursor"], "extra": state.get("extra", {})}
+
+
+@dataclass
+class RunState:
+    """Where a run is: steps done, the data cursor, and summary.json's evaluations."""
+
+    step: int = 0
+    cursor: dict = field(default_factory=lambda: {"epoch": 0, "pos": 0})
+    summary: dict = field(default_factory=dict)
+
+
+def resume_run(output_dir: Path, checkpoint: Path, optimizer, scheduler, average, *, max_steps: int,
+               average_last: int) -> RunState:
+    """Restore `checkpoint`'s optimizer, scheduler, RNG, data cursor and weight average (`average`),
+    drop what metrics.jsonl and traces.jsonl logged after it, and reload summary.json.
+
+    The weight average holds consecutive steps up to the checkpoint; a run resumed with another
+    `max_steps` or `average_last` averages another window, so an average that does not start
+    where the new window does is dropped and started afresh."""
+    console = Console(stderr=True)
+    state = load_trainer_state(checkpoint, optimizer, scheduler)
+    step = state["step"]
+    if "average" in state["extra"]:
+        average.load_state_dict(state["extra"]["average"])
+        window, first = max(1, max_steps - average_last + 1), average.first_step(step)
+        if average.count and first != window and step < max_steps:
+            console.print(f"the weight average of steps {first}-{step} is dropped: with max_steps {max_steps} and "
+                          f"average_last {average_last} the final model averages steps from {max(window, step + 1)} on")
+            average.reset()
+    dropped = truncate_after(output_dir / "metrics.jsonl", step) + truncate_after(output_dir / "traces.jsonl", step)
+    console.print(f"resumed from {checkpoint} (step {step}; {dropped} lines after it dropped)")
+    summary_path = output_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return RunState(step, state["cursor"], summary)

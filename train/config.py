@@ -1,6 +1,13 @@
-"""Config loading shared by the entry points: one dataclass per entry point, every field
-documented with `doc("...")`, loaded from YAML with command-line overrides
-(`--config x.yaml --field value`, the `TrlParser` / `HfArgumentParser` conventions).
+"""Config loading shared by the entry points, and the reference page generated from it.
+
+An entry point's config is one dataclass whose fields are documented with `doc("...")`.
+Fields made with `section(Cls)` hold a part of the config as a dataclass of its own (the
+rollout's `RolloutConfig`, the `LossConfig`, ...), so the functions below the entry point
+take the part they use. On the command line and in YAML every field of every section is a
+flat `--field value` (TRL's `TrlParser` / `HfArgumentParser` conventions: `--config x.yaml`,
+then command-line overrides, which win).
+
+    python -m train.reference docs/config.md     # rewrite the reference of every entry point's fields
 
 Structured YAML values (e.g. a reward spec list) reach their string field as JSON.
 """
@@ -10,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,8 +25,36 @@ T = TypeVar("T")
 
 
 def doc(help: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
-    """A dataclass field with its help text (shown by `--help`)."""
+    """A dataclass field with its help text (shown by `--help` and in docs/config.md)."""
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def section(cls: type, **defaults) -> Any:
+    """A field holding a config section: a `cls` whose fields are flags of their own, with the
+    entry point's `defaults` in place of the class's."""
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"section": defaults})
+
+
+def sections(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "section" in f.metadata]
+
+
+def _flat_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    """(field, resolved type) of every flag of `cls`: its own fields, then each section's."""
+    own = typing.get_type_hints(cls)
+    out = [(f, own[f.name]) for f in dataclasses.fields(cls) if "section" not in f.metadata]
+    for s in sections(cls):
+        section_cls = own[s.name]
+        hints = typing.get_type_hints(section_cls)
+        out += [(f, hints[f.name]) for f in dataclasses.fields(section_cls)]
+    return out
+
+
+def _parser_classes(cls: type) -> list[type]:
+    """The dataclasses `HfArgumentParser` parses: `cls`'s own fields as one, then each section's class."""
+    hints = typing.get_type_hints(cls)
+    own = [(f.name, hints[f.name], f) for f in dataclasses.fields(cls) if "section" not in f.metadata]
+    return [dataclasses.make_dataclass(f"{cls.__name__}Fields", own), *(hints[s.name] for s in sections(cls))]
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
@@ -27,10 +63,12 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
     from transformers import HfArgumentParser
 
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(cls)
+    parser = HfArgumentParser(_parser_classes(cls))
     for action in parser._actions:  # argparse %-formats help text: "40% of" would break --help
         if action.help:
             action.help = action.help.replace("%", "%%")
+    for s in sections(cls):  # the entry point's defaults for a section's fields
+        parser.set_defaults(**s.metadata["section"])
     if "--config" in args:
         at = args.index("--config")
         if at + 1 >= len(args):
@@ -39,13 +77,64 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
         del args[at : at + 2]
         if not path.exists():
             raise SystemExit(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise SystemExit(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
         if not isinstance(values, dict):
             raise SystemExit(f"{path}: expected a mapping of field: value, got {type(values).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
+        known = [f.name for f, _ in _flat_fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise SystemExit(f"{path}: unknown field(s) {unknown}; {cls.__name__} has {known}")
         parser.set_defaults(**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()})
-    (cfg,) = parser.parse_args_into_dataclasses(args=args)
-    return cfg
+    own, *parts = parser.parse_args_into_dataclasses(args=args)
+    values = {f.name: getattr(own, f.name) for f in dataclasses.fields(own)}
+    return cls(**values, **{s.name: part for s, part in zip(sections(cls), parts)})
+
+
+# -- the reference page ---------------------------------------------------------------------
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return f"`{value}`" if len(value) < 60 else "see below"
+    return f"`{value}`"
+
+
+def reference_markdown(entries: dict[str, type]) -> str:
+    """A Markdown page with one table of flags per entry point and section."""
+    lines = ["# Configuration reference", "",
+             "Generated from the config dataclasses by `python -m train.reference docs/config.md`; do not edit by hand.",
+             "Every field is a command-line flag (`--field value`) and a key of the YAML file given with "
+             "`--config`.", ""]
+    for command, cls in entries.items():
+        lines += [f"## `{command}` ({cls.__name__})", "", (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+                  ""]
+        groups = [(None, cls, {})] + [(s.name, typing.get_type_hints(cls)[s.name], s.metadata["section"])
+                                      for s in sections(cls)]
+        long_defaults = []
+        for name, group_cls, defaults in groups:
+            if name is not None:
+                doc_line = (group_cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+                lines += [f"### {name} ({group_cls.__name__})", "", doc_line, ""]
+            lines += ["| flag | type | default | what it does |", "| --- | --- | --- | --- |"]
+            hints = typing.get_type_hints(group_cls)
+            for f in dataclasses.fields(group_cls):
+                if "section" in f.metadata:
+                    continue
+                default = defaults.get(f.name, f.default)
+                if isinstance(default, str) and len(default) >= 60:
+                    long_defaults.append((f.name, default))
+                kind = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+                kind = kind.replace(" | None", " or none")
+                help_text = f.metadata.get("help", "").replace("|", "\\|")
+                lines.append(f"| `--{f.name}` | {kind} | {_default_text(default)} | {help_text} |")
+            lines.append("")
+        for name, default in long_defaults:
+            lines += [f"Default of `--{name}`:", "", "```json", default, "```", ""]
+    return "\n".join(lines).rstrip() + "\n"

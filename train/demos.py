@@ -165,6 +165,33 @@ def examples_without_names(examples: list, names: set[str]) -> list:
     return examples if pattern is None else [ex for ex in examples if not _mentions(pattern, ex)]
 
 
+class StepDemos:
+    """The scripted oracle's right answers to a step's questions as one training batch, for the
+    update's auxiliary supervised term (`LossConfig.sft_coef`); none that reads a dev/test
+    entity's name of `held_out_data`, as in the warm start's SFT. They retrieve as the
+    policy's rollouts do (`rcfg`'s passages and prompt), within the oracle's own turn
+    budgets (it writes whole actions)."""
+
+    def __init__(self, data: str | Path, retriever, tokenizer, rcfg: RolloutConfig, held_out_data: str | Path):
+        from retrieval.corpus import load_corpus
+
+        corpus = load_corpus(Path(data) / "corpus.jsonl")
+        self.title_of = lambda doc_id: corpus.passage(doc_id).title
+        self.retriever, self.tokenizer = retriever, tokenizer
+        self.held_out = held_out_names(held_out_data)
+        self.rcfg = RolloutConfig(passages_per_search=rcfg.passages_per_search, max_doc_tokens=rcfg.max_doc_tokens,
+                                  prompt_style=rcfg.prompt_style, temperature=0.0)
+
+    def __call__(self, questions: list):
+        """The batch of the right answers to `questions` (each once), or None when there are none."""
+        from train.batching import collate_segments
+
+        unique = list({ex.id: ex for ex in questions}.values())
+        right = right_oracle_answers(unique, self.retriever, self.tokenizer, self.title_of, self.rcfg)
+        segments = training_segments(without_names(right, unique, self.held_out))
+        return collate_segments(segments, self.tokenizer.pad_token_id) if segments else None
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)

@@ -15,12 +15,16 @@ share one normalisation:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
+
+from train.config import doc
 
 __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
+    "LossConfig",
     "aggregate",
     "entropy_bonus",
     "entropy_from_logits",
@@ -32,10 +36,54 @@ __all__ = [
     "truncated_is_weights",
 ]
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "dr_grpo")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 # exp() of a log-ratio beyond this overflows float32 long before it means anything; verl clamps alike.
 _MAX_LOG_RATIO = 20.0
+
+
+@dataclass
+class LossConfig:
+    """The terms of the update's loss and how they are reduced."""
+
+    clip_low: float = doc("lower clip of the ratio pi / pi_old: 1 - clip_low (PPO, Schulman et al. 2017)", 0.2)
+    clip_high: float = doc("upper clip of the ratio: 1 + clip_high; above clip_low it is DAPO's clip-higher "
+                           "(Yu et al. 2025), which lets unlikely tokens with positive advantage grow", 0.28)
+    kl_coef: float = doc("weight of the KL term to the reference (the starting model); 0 = none, and no "
+                         "reference is held", 0.1)
+    kl_estimator: str = doc("k1 | k2 | k3: Schulman's estimators of KL(pi || ref) from the sampled token "
+                            "(k3, unbiased and never negative, is GRPO's)", "k3")
+    entropy_coef: float = doc("weight of the entropy bonus (0 = none)", 0.0)
+    entropy_top_share: float = doc("share of sampled tokens, the highest-entropy ones under the policy, that carry "
+                                   "the policy-gradient loss (Wang et al. 2025, 'Beyond the 80/20 rule', train on "
+                                   "0.2); the KL and entropy terms keep every token. 1 = all", 1.0)
+    aggregation: str = doc("how per-token terms reduce to the loss: token_mean (every token weighs the same, DAPO) "
+                           "| seq_mean_token_mean (every row the same, the original GRPO) | seq_mean_token_sum_norm "
+                           "(sum over a constant, Dr.GRPO)", "token_mean")
+    sft_coef: float = doc("weight of an auxiliary supervised term in every update: the mean cross-entropy of the "
+                          "scripted oracle's right answers to the step's questions (as InstructGPT's PPO-ptx mixes "
+                          "in pretraining; needs a generated world). 0 = none", 0.0)
+    tis_cap: float | None = doc(
+        "truncated importance sampling (Yao et al. 2025) when the sampler is not the trainer: each token's loss is "
+        "weighted by min(pi_trainer / pi_sampler, tis_cap) and the ratio is taken against the trainer's own "
+        "logprobs. 0 = off; default: 2 with rollout_engine=vllm, off with hf (whose bf16 copy differs by rounding "
+        "only)", None)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={self.clip_low}, "
+                             f"clip_high={self.clip_high}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
+        if not 0 < self.entropy_top_share <= 1:
+            raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
+        for name in ("kl_coef", "entropy_coef", "sft_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.tis_cap is not None and self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
 
 
 def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token_mean",
@@ -47,7 +95,7 @@ def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token
     - seq_mean_token_mean: mean over rows of each row's token mean (rows without tokens are
       left out). Every row weighs the same (the original GRPO). A row is a segment, so a
       trajectory split by a dropped observation counts once per segment.
-    - dr_grpo: sum / (B * max_tokens), a constant (Dr.GRPO) that biases neither towards
+    - seq_mean_token_sum_norm: sum / (B * max_tokens), a constant (Dr.GRPO's, verl's name) that biases neither towards
       short nor long responses; `max_tokens` is the response budget per row, required.
     Masked positions are selected out, not multiplied by 0, so a NaN or inf on padding
     cannot leak into the sum.
@@ -68,9 +116,9 @@ def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token
         tokens_B = keep_B_T.sum(dim=1)
         row_mean_B = kept_B_T.sum(dim=1) / tokens_B.clamp(min=1)
         return (row_mean_B * count_B).sum() / ((tokens_B > 0) * count_B).sum().clamp(min=1)
-    if mode == "dr_grpo":
+    if mode == "seq_mean_token_sum_norm":
         if max_tokens is None or max_tokens <= 0:
-            raise ValueError("aggregation 'dr_grpo' needs max_tokens > 0 (the response token budget): a constant, "
+            raise ValueError("aggregation 'seq_mean_token_sum_norm' needs max_tokens > 0 (the response token budget): a constant, "
                              f"so the loss scale does not follow batch lengths; got {max_tokens!r}")
         return (kept_B_T.sum(dim=1) * count_B).sum() / (count_B.sum() * max_tokens)
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {mode!r}")

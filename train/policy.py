@@ -1,4 +1,4 @@
-"""Load the policy to train and its reference.
+"""The policy to train: its config, its precision, its reference and its sampler copy.
 
 - Any Hugging Face causal LM directory or hub id, or `tiny`: the embedded policy of the
   world, built and warm-started once (`train.prepare`).
@@ -6,7 +6,9 @@
   disabled, so no second copy is held.
 - Full fine-tuning otherwise: the reference is a frozen copy, made only when a KL term
   needs it.
-- Gradient checkpointing and bf16 where the hardware supports them.
+- One `precision` choice decides the weights' dtype, bf16 autocast of the training
+  forwards and the dtype of the copy that samples rollouts; the attention kernels are
+  picked for the model (`training_attention`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,70 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from train.config import doc
+
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class PolicyConfig:
+    """The trained model, how it computes, and the engine that samples its rollouts."""
+
+    model: str = doc("'tiny' (the embedded default, built and cached on first use) or a Hugging Face model "
+                     "directory / hub id", "tiny")
+    lora_r: int = doc("LoRA rank (0 = full fine-tuning); with LoRA the reference is the model with its adapter "
+                      "off, so no second copy is held", 0)
+    precision: str = doc(
+        "auto | fp32 | bf16-mixed | bf16. fp32: everything in float32. bf16-mixed: float32 weights, bf16 autocast "
+        "of the update's and the reference's forwards, rollouts sampled by a bf16 copy synced after every update. "
+        "bf16: weights and compute in bf16. auto: bf16 on a GPU that computes it, bf16-mixed on a CPU with native "
+        "bf16 kernels (AVX512-BF16 or AMX), fp32 elsewhere", "auto")
+    gradient_checkpointing: bool = doc("recompute activations in the backward pass: less memory, more compute", False)
+    rollout_engine: str = doc("hf (in-process, over the trained model or its bf16 copy) | vllm (an in-process "
+                              "vllm.LLM loaded with the trained weights, LoRA merged, after every update; greedy "
+                              "evaluations stay on hf)", "hf")
+    vllm_gpu_memory_utilization: float = doc("rollout_engine=vllm: share of the GPU's memory vLLM may take (the "
+                                             "trainer needs the rest), in (0, 1]", 0.4)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"rollout_engine must be hf or vllm, got {self.rollout_engine!r}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What `PolicyConfig.precision` resolves to on a device."""
+
+    name: str  # fp32 | bf16-mixed | bf16
+    weights: torch.dtype  # dtype the trained weights are held in
+    autocast: torch.dtype | None  # autocast of the update's and the reference's forwards (None = off)
+    sampler: torch.dtype | None  # dtype of a copy that samples the rollouts (None = the trained model samples)
+
+
+def resolve_precision(name: str, device: torch.device | str = "cpu") -> Precision:
+    """`auto` is bf16 on a GPU that computes it, bf16-mixed on a CPU with native bf16 kernels
+    (a 4-layer d=256 model trains about twice as fast there), fp32 elsewhere."""
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            name = "bf16-mixed" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
+    if name == "fp32":
+        return Precision(name, torch.float32, None, None)
+    if name == "bf16-mixed":
+        return Precision(name, torch.float32, torch.bfloat16, torch.bfloat16)
+    if name == "bf16":
+        return Precision(name, torch.bfloat16, torch.bfloat16, None)
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
 
 
 @dataclass
@@ -40,25 +106,40 @@ class Policy:
             yield self.reference
 
 
-def rollout_model(policy: Policy, setting: str) -> torch.nn.Module:
-    """The model rollouts sample from: the trained model itself, or a copy of it in bf16.
+def sampler_model(policy: Policy, dtype: torch.dtype | None) -> torch.nn.Module:
+    """The model rollouts sample from: the trained model itself (`dtype` None, LoRA, or weights
+    already in `dtype`), else a frozen copy of it in `dtype` (`Precision.sampler`).
 
-    `auto` makes the bf16 copy where the trained model is float32 on hardware that computes
-    bf16 natively (`autocast_dtype`): the tiny default's rollouts then take 1.23-1.38x less
-    time on a 2-core AVX512-BF16 CPU (eval/bench/train.py, README), and the
-    copy costs one weight copy per step (`HFEngine.update_weights`). The sampler is then not
-    exactly the trainer, as with vLLM: old logprobs are the sampler's, and the ratio of the
-    first pass is 1 up to bf16 rounding, which the clip absorbs. `same` shares the model
-    (weight sync is free); `bf16` forces the copy. LoRA always shares the model.
+    A bf16 copy samples faster where the hardware computes bf16 and costs one weight copy per
+    step (`HFEngine.update_weights`). The sampler is then not exactly the trainer, as with
+    vLLM: old logprobs are the sampler's, and the ratio of the first pass is 1 up to bf16
+    rounding, which the clip absorbs. The copy keeps the model's default attention (SDPA):
+    eager attention trains faster but samples no faster.
     """
-    if setting not in ("auto", "same", "bf16"):
-        raise ValueError(f"rollout_dtype must be auto, same or bf16, got {setting!r}")
     weight = next(policy.model.parameters())
-    if policy.lora or setting == "same" or weight.dtype == torch.bfloat16:
+    if dtype is None or policy.lora or weight.dtype == dtype:
         return policy.model
-    if setting == "auto" and autocast_dtype("auto", weight.device) != torch.bfloat16:
-        return policy.model
-    return copy.deepcopy(policy.model).to(torch.bfloat16).eval().requires_grad_(False)
+    return copy.deepcopy(policy.model).to(dtype).eval().requires_grad_(False)
+
+
+def make_sampler(pcfg: PolicyConfig, policy: Policy, precision: Precision, model_path: str, engine, seed: int):
+    """The engine rollouts sample from: `engine` itself (an `HFEngine` over the trained model),
+    an `HFEngine` over its `precision.sampler` copy, or a `VLLMEngine` built from
+    `model_path` and loaded with the trained weights (a resumed run's, LoRA merged). Either
+    copy is synced with `update_weights(sampler_weights(policy))` after every update."""
+    from agent.engines.hf import HFEngine
+
+    if pcfg.rollout_engine == "hf":
+        model = sampler_model(policy, precision.sampler)
+        return engine if model is policy.model else HFEngine(model, policy.tokenizer)
+    from agent.engines.vllm import VLLMEngine
+
+    weight = next(policy.model.parameters())
+    vllm_engine = VLLMEngine(str(model_path), dtype=str(weight.dtype).removeprefix("torch."), seed=seed,
+                             enforce_eager=weight.device.type != "cuda",
+                             gpu_memory_utilization=pcfg.vllm_gpu_memory_utilization)
+    vllm_engine.update_weights(sampler_weights(policy))
+    return vllm_engine
 
 
 def sampler_weights(policy: Policy) -> dict[str, torch.Tensor]:
@@ -82,25 +163,6 @@ def sampler_weights(policy: Policy) -> dict[str, torch.Tensor]:
                 base = module.get_base_layer().weight
                 out[f"{name}.weight"] = base + module.get_delta_weight(adapter).to(base.dtype)
     return out
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 when asked, or for `auto` where the hardware computes it natively; else None."""
-    if setting not in ("auto", "bf16", "none"):
-        raise ValueError(f"autocast must be auto, bf16 or none, got {setting!r}")
-    if setting == "none":
-        return None
-    if setting == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
 
 
 def autocast_to(device: torch.device, dtype: torch.dtype | None):
@@ -148,11 +210,11 @@ def cpu_bf16_kernels() -> str:
 
 def load_policy(path: str | Path, *, resume_from: str | Path | None = None, lora_r: int = 0, lora_alpha: int = 16,
                 lora_targets: str = "all-linear", need_reference: bool = True, gradient_checkpointing: bool = False,
-                dtype: str = "auto", device: str | None = None) -> Policy:
-    """Load `path` (a model directory or hub id); `resume_from` is a checkpoint of it."""
+                dtype: torch.dtype = torch.float32, device: str | None = None) -> Policy:
+    """Load `path` (a model directory or hub id) in `dtype`; `resume_from` is a checkpoint of it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = pick_dtype(dtype)
+    torch_dtype = dtype
     source = resume_from if (resume_from and not lora_r) else path
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
@@ -182,26 +244,12 @@ def load_policy(path: str | Path, *, resume_from: str | Path | None = None, lora
     return Policy(model, tokenizer, reference)
 
 
-def freeze_embeddings(model) -> None:
-    """Leave the token embeddings and the output head (tied or not) out of training."""
-    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-        if module is not None:
-            module.requires_grad_(False)
-
-
-def training_attention(setting: str, tiny: bool) -> str | None:
-    """The attention implementation a model trains with, or None for its default.
-
-    `auto` is eager attention for the embedded tiny model and the default (SDPA) for any
-    other: at the tiny model's rows of a few hundred tokens on a CPU, the backward of
-    PyTorch's fused SDPA kernel is the slow part, and eager attention trains 10-15% faster
-    with the same values (pretraining, SFT and the GRPO update alike; sampling with the
-    KV cache is not faster, so a sampler copy keeps SDPA)."""
-    if not setting:
-        raise ValueError("attn_implementation must be auto or a transformers attention implementation, got ''")
-    if setting == "auto":
-        return "eager" if tiny else None
-    return setting
+def training_attention(tiny: bool) -> str | None:
+    """The attention kernels a model trains with: eager for the embedded tiny model, whose
+    rows of a few hundred tokens train 10-15% faster with it on a CPU (the backward of
+    PyTorch's fused SDPA kernel is the slow part there), with the same values; None (the
+    model's default, SDPA) for any other."""
+    return "eager" if tiny else None
 
 
 def machine() -> dict:

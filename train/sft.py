@@ -34,7 +34,7 @@ from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, extra_world_dir, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.policy import autocast_dtype, autocast_to, machine, training_attention
+from train.policy import autocast_to, machine, resolve_precision, training_attention
 
 console = Console(stderr=True)
 
@@ -45,6 +45,8 @@ TINY_RECIPE = 6
 
 @dataclass
 class SFTConfig:
+    """The supervised warm start on demonstrations (the embedded tiny model's build, or a real model's)."""
+
     model: str = doc("'tiny' (a new embedded model for the world) or a HF model directory / hub id", "tiny")
     data: str = doc("generated world directory (corpus.jsonl, train/dev/test.jsonl)", "data/world-0")
     index: str = doc("retrieval index directory used to roll out demonstrations", "indexes/world-0")
@@ -59,21 +61,18 @@ class SFTConfig:
     max_grad_norm: float = doc("gradient clipping norm", 1.0)
     max_len: int = doc("longest training row in tokens (the context is cut from the left)", 1024)
     max_demos: int | None = doc("use at most this many demonstrations", None)
-    top_k: int = doc("passages per search in demonstrations (2 keeps the tiny model's contexts short)", 2)
+    passages_per_search: int = doc("passages per search in demonstrations (2 keeps the tiny model's contexts short)", 2)
     retrieval_miss_rate: float = doc(
         "share of the demonstrations' searches that miss: they return the passages ranked just below the top k, "
         "which the oracle judges 'not useful' and searches again, so the policy sees the JUDGE action's "
-        "recovery path (seeded by the query's text). 0 = off, the default: on the tiny model 0.15 left a warm "
-        "start of test EM 0.204 against 0.308, whose 'not useful' verdicts were wrong 39 times in 44 "
-        "(train/RESULTS.md)", 0.0)
+        "recovery path (seeded by the query's text). 0 = off", 0.0)
     max_doc_tokens: int = doc("tokens kept of each passage in demonstrations", 64)
     tiny_vocab_size: int = doc("BPE vocabulary of a new tiny model's tokenizer (model=tiny only)", 2048)
     tiny_hidden_size: int = doc("width of a new tiny model (model=tiny only)", 256)
     tiny_layers: int = doc("transformer blocks of a new tiny model (model=tiny only)", 4)
     extra_world_entities: int = doc(
         "model=tiny on a generated world: entities of a second, freshly named world whose oracle demonstrations "
-        "join the train split's (0 = none). With only the train split's ~1,400 names a tiny model memorises them "
-        "instead of learning to copy names, and its held-out EM stays near 0", 6000)
+        "join the train split's, so the model learns to copy names rather than recall them (0 = none)", 6000)
     extra_world_questions: int = doc(
         "questions of that world rolled out as demonstrations, a seeded sample (0 = all)", 0)
     pretrain_steps: int = doc(
@@ -85,19 +84,20 @@ class SFTConfig:
         "weight of an auxiliary next-token loss on the injected text (prompt, observations); default: 0.5 for "
         "model=tiny, which has read no text before (a pretrained model has: 0). The SFT loss itself stays on "
         "loss_mask tokens", None)
-    autocast: str = doc("auto (bf16 autocast where the CPU or GPU computes bf16 natively) | bf16 | none", "auto")
-    attn_implementation: str = doc(
-        "attention kernels while training: auto (eager for a new tiny model, which trains 10-15% faster with it "
-        "on a CPU; else the model's default, SDPA: train/policy.py, training_attention) | eager | sdpa | any "
-        "value transformers accepts. The saved model keeps its default", "auto")
+    precision: str = doc("auto | fp32 | bf16-mixed: float32 weights, with bf16 autocast of the forwards for "
+                         "bf16-mixed; auto takes bf16-mixed where the GPU or CPU computes bf16 natively", "auto")
     heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
     seed: int = doc("seed of initialisation, shuffling and sampling", 0)
 
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16-mixed"):
+            raise ValueError(f"precision must be auto, fp32 or bf16-mixed (float32 weights), got {self.precision!r}")
+
 
 def rollout_config(cfg: SFTConfig, **overrides) -> RolloutConfig:
-    return RolloutConfig(top_k=cfg.top_k, max_doc_tokens=cfg.max_doc_tokens, temperature=0.0, **overrides)
+    return RolloutConfig(passages_per_search=cfg.passages_per_search, max_doc_tokens=cfg.max_doc_tokens, temperature=0.0, **overrides)
 
 
 def masked_lm_loss(model, batch) -> torch.Tensor:
@@ -169,7 +169,7 @@ def train_sft(model, tokenizer, segments: list[Segment], cfg: SFTConfig, heldout
     model.train()
     optimizer, scheduler = adamw_cosine(model, cfg, cfg.max_steps)
     device = next(model.parameters()).device
-    amp = autocast_dtype(cfg.autocast, device)
+    amp = resolve_precision(cfg.precision, device).autocast
     context_weight = cfg.context_lm_weight or 0.0
     history, batches, window, context_window = [], [], [], []
     tokens, start = 0, time.perf_counter()
@@ -225,7 +225,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: SFTConfig, row_len: int = 
         raise ValueError(f"pretraining text has {len(ids)} tokens, fewer than one row of {row_len}")
     rows_N_L = torch.tensor(ids[: len(ids) // row_len * row_len]).view(-1, row_len)
     device = next(model.parameters()).device
-    amp = autocast_dtype(cfg.autocast, device)
+    amp = resolve_precision(cfg.precision, device).autocast
     optimizer, scheduler = adamw_cosine(model, cfg, cfg.pretrain_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
@@ -256,16 +256,14 @@ def load_policy_for_sft(cfg: SFTConfig):
         tokenizer = tokenizer_for_world(cfg.data, vocab_size=cfg.tiny_vocab_size)
         size = TinyModelConfig.scaled(cfg.tiny_hidden_size, cfg.tiny_layers)
         model = build_model(tokenizer, size, seed=cfg.seed)
-        model.set_attn_implementation(training_attention(cfg.attn_implementation, tiny=True))
+        model.set_attn_implementation(training_attention(tiny=True))
         return model, tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    attention = training_attention(cfg.attn_implementation, tiny=False)
-    kwargs = {"attn_implementation": attention} if attention else {}
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, **kwargs), tokenizer
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32), tokenizer
 
 
 def run(cfg: SFTConfig) -> dict:

@@ -65,7 +65,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
     # A year of single digits is four tokens that every other year also contains: the
     # 4-layer model never learned to copy one from a passage and answered every year
     # question with the same memorised year. "1652" is now "16" "52" and copies like a name,
-    # the last pair reliably, the first mostly not (train/RESULTS.md, "What is left in the years": a
+    # the last pair reliably, the first mostly not (docs/experiments/2026-12-01-year-tokenizers.md: a
     # token per year, or pairs carrying their leading space, copied worse).
     fast.add_tokens([AddedToken(f"{i:02d}", normalized=False) for i in range(100)])
     fast.chat_template = CHAT_TEMPLATE

@@ -25,9 +25,6 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # generation ends after emitting one of these (kept in the output)
     stop_strings: tuple[str, ...] = ()  # ends once the decoded new text contains one (the completing token is kept)
     seed: int | None = None  # same seed + same prompts -> same samples
-    # Indices of this call's prompts decoded greedily while the others sample; their logprobs
-    # still follow the convention at `temperature` (what the trainer recomputes for them).
-    greedy_rows: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -36,8 +33,6 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(i < 0 for i in self.greedy_rows):
-            raise ValueError(f"greedy_rows are prompt indices (>= 0), got {sorted(self.greedy_rows)}")
 
     @property
     def greedy(self) -> bool:

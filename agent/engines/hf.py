@@ -5,8 +5,7 @@ Why an own loop instead of `model.generate`: the rollout needs, in one pass,
   the sampled id, before top-k / top-p truncation, in fp32; see `base.py`),
 - per-row stops on token ids and on strings of the row's *new* text, keeping the stop,
 - identical prompts (a GRPO group on its first turn) prefilled once,
-- finished rows dropped from the batch instead of decoding padding until the longest row ends,
-- some rows decoded greedily beside sampled ones (`greedy_rows`), in the same batch.
+- finished rows dropped from the batch instead of decoding padding until the longest row ends.
 
 One forward and one device->host copy (the sampled ids, needed for the stop checks) per step;
 logprobs stay on the device until the batch is done.
@@ -40,13 +39,11 @@ PREFILL_MIN_SAVING = 0.1
 
 def sample_next(
     logits_B_V: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-    greedy_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one id per row; returns (ids_B, logprobs_B) with logprobs in fp32.
 
     The logprob is log_softmax(logits / T) at the sampled id (T = 1 for greedy), computed
-    before top-k / top-p truncation, so it is exactly what the trainer recomputes. Rows
-    where `greedy_B` (bool) is set take the argmax instead, their logprobs at T alike.
+    before top-k / top-p truncation, so it is exactly what the trainer recomputes.
     """
     logits_B_V = logits_B_V.float()
     if params.greedy:
@@ -55,8 +52,6 @@ def sample_next(
     else:
         scaled_B_V = logits_B_V / params.temperature if params.temperature != 1.0 else logits_B_V
         ids_B = _sample_truncated(scaled_B_V, params.top_k, params.top_p, generator)
-        if greedy_B is not None:
-            ids_B = torch.where(greedy_B, scaled_B_V.argmax(dim=-1), ids_B)
     logprobs_B = scaled_B_V.gather(1, ids_B[:, None]).squeeze(1) - torch.logsumexp(scaled_B_V, dim=-1)
     return ids_B, logprobs_B
 
@@ -155,8 +150,6 @@ class HFEngine:
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token id")
-        if params.greedy_rows and max(params.greedy_rows) >= len(prompts):
-            raise ValueError(f"greedy_rows {sorted(params.greedy_rows)} name prompts beyond the {len(prompts)} given")
         generator = torch.Generator(device=self.device)
         if params.seed is None:
             generator.seed()  # fresh entropy, without touching the global RNG
@@ -170,8 +163,7 @@ class HFEngine:
                 lookup = self._prefix.begin_call() if self._prefix is not None else None
                 out: list[Generation] = []
                 for start in range(0, len(prompts), chunk):
-                    greedy = [i - start for i in params.greedy_rows if start <= i < start + chunk]
-                    out.extend(self._generate_batch(prompts[start : start + chunk], params, generator, lookup, greedy))
+                    out.extend(self._generate_batch(prompts[start : start + chunk], params, generator, lookup))
                 return out
         finally:
             self.model.train(was_training)
@@ -208,8 +200,8 @@ class HFEngine:
 
     # -- the decode loop -------------------------------------------------------------------
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, lookup=None,
-                        greedy_rows: list[int] = ()) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator,
+                        lookup=None) -> list[Generation]:
         n_rows = len(prompts)
         logits_B_V, cache, mask_B_S, next_pos_B = self._prefill(prompts, lookup)
 
@@ -219,15 +211,11 @@ class HFEngine:
         logprobs_R_T = torch.zeros(n_rows, params.max_new_tokens, dtype=torch.float32, device=self.device)
         rows = list(range(n_rows))  # batch position -> output row
         rows_t = torch.arange(n_rows, device=self.device)
-        greedy_B = None
-        if greedy_rows and not params.greedy:
-            greedy_B = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
-            greedy_B[list(greedy_rows)] = True
         stop_ids = self.eos_ids | frozenset(params.stop_token_ids)
         window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + STOP_WINDOW_SLACK
 
         for step in range(params.max_new_tokens):
-            ids_B, logprobs_B = sample_next(logits_B_V, params, generator, greedy_B)
+            ids_B, logprobs_B = sample_next(logits_B_V, params, generator)
             logprobs_R_T[rows_t, step] = logprobs_B
             for row, token in zip(rows, ids_B.tolist()):  # the one host sync of the step
                 if finish[row] is not None:
@@ -248,7 +236,6 @@ class HFEngine:
                 keep_t = torch.tensor(keep, device=self.device)
                 rows = [rows[j] for j in keep]
                 rows_t, ids_B, next_pos_B = rows_t[keep_t], ids_B[keep_t], next_pos_B[keep_t]
-                greedy_B = greedy_B[keep_t] if greedy_B is not None else None
                 mask_B_S = _compact_cache(cache, keep_t, mask_B_S)
             if mask_B_S is not None:
                 mask_B_S = torch.cat([mask_B_S, mask_B_S.new_ones(len(rows), 1)], dim=1)

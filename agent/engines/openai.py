@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from agent.engines.base import Generation, SamplingParams
 
@@ -57,12 +56,11 @@ class OpenAIEngine:
         self.max_concurrency = max_concurrency
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        unique: dict[tuple[tuple[int, ...], bool], list[int]] = {}  # (prompt, greedy) -> rows: one request each
+        unique: dict[tuple[int, ...], list[int]] = {}  # prompt -> rows: one request each, n = len(rows)
         for i, prompt in enumerate(prompts):
-            unique.setdefault((tuple(prompt), i in params.greedy_rows), []).append(i)
+            unique.setdefault(tuple(prompt), []).append(i)
         groups = list(unique.items())
-        bodies = [self._body(list(ids), len(rows), replace(params, temperature=0.0) if greedy else params, k)
-                  for k, ((ids, greedy), rows) in enumerate(groups)]
+        bodies = [self._body(list(ids), len(rows), params, k) for k, (ids, rows) in enumerate(groups)]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(bodies)))) as pool:
             answers = list(pool.map(self._post, bodies))
         out: list[Generation | None] = [None] * len(prompts)

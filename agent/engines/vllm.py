@@ -75,9 +75,6 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         if not prompts:
             return []
-        if params.greedy_rows and not params.greedy:
-            raise ValueError("VLLMEngine cannot decode some rows greedily with logprobs at the sampling temperature "
-                             "(greedy_rows); use the hf engine for greedy samples in a group")
         if not params.greedy and (params.top_k > 0 or params.top_p < 1.0) and not self._warned_truncation:
             warnings.warn(
                 "VLLMEngine: with top-k / top-p on, vLLM's logprobs are renormalised over the kept tokens, "

@@ -58,7 +58,7 @@ def run_loop(engine, retriever, examples, cfg):
     timed_engine, timed_retriever = Timed(engine, "generate"), Timed(retriever, "search")
     rollout = Rollout(timed_engine, timed_retriever, cfg, engine.tokenizer)
     start = time.perf_counter()
-    trajs = rollout(examples)
+    trajs = rollout(examples, seed=0)
     total = time.perf_counter() - start
     tokens = sum(t.n_sampled_tokens for t in trajs)
     return {"seconds": total, "generate": timed_engine.seconds, "retrieve": timed_retriever.seconds,
@@ -111,9 +111,9 @@ def main(argv=None) -> dict:
     engine = HFEngine.from_pretrained(args.model)
     examples = load_qa(args.data, args.split)[: args.batch]
     retriever = open_retriever(args.index)
-    cfg = RolloutConfig(temperature=args.temperature, seed=0)
+    cfg = RolloutConfig(temperature=args.temperature)
     prompts = [render_prompt_ids(engine.tokenizer, ex.question, cfg.prompt_style) for ex in examples]
-    retriever.search([ex.question for ex in examples], cfg.top_k)  # warm the encoder, not the cache's answers
+    retriever.search([ex.question for ex in examples], cfg.passages_per_search)  # warm the encoder, not the cache's answers
     loops, bares, prefills = [], [], []
     for _ in range(args.repeats):
         if hasattr(retriever, "clear"):
