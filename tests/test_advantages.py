@@ -12,15 +12,14 @@ from train.advantages import (
     discounted_returns,
     gae_advantages,
     grpo_outcome_advantages,
-    place_step_rewards,
     process_advantages,
     reinforce_pp_advantages,
-    response_values_to_rows,
     rloo_advantages,
     step_grouped_advantages,
     whiten,
 )
 from train.batching import collate_segments
+from train.placement import place_step_rewards, response_values_to_rows
 
 # Rewards [1, 0, 0, 1 | 1, 1 | 0.7]: a group of four, a group of two that all agree, a group of one.
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.7])

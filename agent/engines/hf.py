@@ -9,6 +9,10 @@ Why an own loop instead of `model.generate`: the rollout needs, in one pass,
 
 One forward and one device->host copy (the sampled ids, needed for the stop checks) per step;
 logprobs stay on the device until the batch is done.
+
+Over 400 lines, kept in one file: the prefill, the decode loop, its stop checks and the
+cache compaction all work on one batch's state; the KV store across turns is
+`prefix_cache.py`.
 """
 
 from __future__ import annotations
