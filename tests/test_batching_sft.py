@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agent.types import Segment
-from train.batching import collate_segments, merge_duplicate_rows, token_logprobs
-from train.sft import length_batches, masked_lm_loss
+from train.batching import collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
+from train.sft import length_batches
 
 SEGS = [
     Segment(context_ids=[5, 6, 7], response_ids=[8, 9, 10], loss_mask=[1, 0, 1], logprobs=[-0.1, 0.0, -0.3]),
@@ -80,7 +80,7 @@ def test_masked_loss_and_logprobs_against_hand_values():
     z = 15 + math.exp(2)
     lp3, lp_other = 2 - math.log(z), -math.log(z)
     # Only the two sampled '3' tokens count: mean NLL = -lp3.
-    assert masked_lm_loss(model, batch).item() == pytest.approx(-lp3, rel=1e-6)
+    assert sft_losses(model, batch)[0].item() == pytest.approx(-lp3, rel=1e-6)
     lp = token_logprobs(model, batch, temperature=1.0)
     assert lp[0].tolist() == pytest.approx([0.0, lp_other, lp3, lp_other, lp3], rel=1e-6)
     # Temperature divides the logits before the softmax.
@@ -110,16 +110,16 @@ def test_sft_loss_decreases_on_a_tiny_run(tiny_model_dir):
     answer = tok("<answer>Velmora</answer>", add_special_tokens=False)["input_ids"]
     seg = Segment(prompt, action + injected + answer, [1] * len(action) + [0] * len(injected) + [1] * len(answer), [0.0] * (len(action) + len(injected) + len(answer)))
     batch = collate_segments([seg], tok.pad_token_id)
-    before = masked_lm_loss(model, batch).item()
+    before = sft_losses(model, batch)[0].item()
     cfg = SFTConfig(max_steps=30, batch_size=4, learning_rate=3e-3, log_every=10)
     history = train_sft(model, tok, [seg] * 8, cfg)
-    after = masked_lm_loss(model, batch).item()
+    after = sft_losses(model, batch)[0].item()
     assert after < 0.5 * before, (before, after)
     assert [h["step"] for h in history] == [10, 20, 30]
 
 
 def test_context_loss_covers_the_other_real_tokens_only():
-    from train.sft import sft_losses
+    from train.batching import sft_losses
 
     model = UniformLM()
     long = Segment(context_ids=[1, 2], response_ids=[3, 4, 3], loss_mask=[1, 0, 1], logprobs=[0.0] * 3)
@@ -157,24 +157,26 @@ def test_precision_resolves_to_weights_autocast_and_sampler_dtypes():
     ({"avx512_bf16", "amx_bf16"}, "NOT_AN_ISA", "amx"),
 ])
 def test_bf16_kernels_follow_cpu_flags_and_onednn_cap(monkeypatch, flags, cap, kernels):
-    import train.policy as policy
+    import train.hardware as hardware
+    from train.policy import resolve_precision
 
-    monkeypatch.setattr(policy, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
     if cap is None:
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert policy.cpu_bf16_kernels() == kernels
+    assert hardware.cpu_bf16_kernels() == kernels
     # precision "auto" takes bf16 (mixed, float32 weights) only where a kernel computes it natively
     expected = "fp32" if kernels == "emulated" else "bf16-mixed"
-    assert policy.resolve_precision("auto", "cpu").name == expected
-    assert policy.machine()["bf16_kernels"] == kernels
+    assert resolve_precision("auto", "cpu").name == expected
+    assert hardware.machine()["bf16_kernels"] == kernels
 
 
 def test_context_term_trains_on_injected_text_and_is_logged(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from train.sft import SFTConfig, heldout_loss, sft_losses, train_sft
+    from train.batching import sft_losses
+    from train.sft import SFTConfig, heldout_loss, train_sft
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = tok("Where was Orin Kael born?", add_special_tokens=False)["input_ids"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import doc, parse_config, reference_markdown, section
+from train.config import doc, parse_config, section
 from train.grpo import GRPOConfig
 
 
@@ -89,7 +89,7 @@ def test_a_percent_sign_in_a_help_text_comes_out_as_written(capsys):
 
 def test_the_config_reference_is_up_to_date():
     """docs/config.md is generated: `python -m train.reference docs/config.md` rewrites it."""
-    from train.reference import ENTRY_POINTS
+    from train.reference import ENTRY_POINTS, reference_markdown
 
     page = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert page.read_text(encoding="utf-8") == reference_markdown(ENTRY_POINTS), \

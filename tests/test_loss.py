@@ -7,8 +7,6 @@ import torch
 
 from train.loss import (
     aggregate,
-    entropy_bonus,
-    entropy_from_logits,
     grads_are_finite,
     high_entropy_mask,
     is_finite_step,
@@ -132,17 +130,34 @@ def test_kl_estimators_by_hand():
         kl_penalty(lp, ref, "k4")
 
 
-def test_entropy_uniform_is_log_v_and_a_known_distribution():
-    V = 7
-    h = entropy_from_logits(torch.zeros(2, 3, V), chunk_rows=4)  # chunks of 4, 2 over 6 positions
-    assert h.shape == (2, 3)
-    assert torch.allclose(h, torch.full((2, 3), math.log(V)))
-    # p = (.5, .25, .25): H = .5 ln 2 + 2 * .25 ln 4 = 1.5 ln 2 = 1.039721; adding a constant changes nothing.
-    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]])) + 3.0
-    assert entropy_from_logits(logits).item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
-    # Bonus: -coef * token mean = -.1 * (ln 7 over the 4 kept tokens).
-    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
-    assert entropy_bonus(h, mask, coef=0.1).item() == pytest.approx(-0.1 * math.log(V), abs=1e-6)
+def test_the_trainers_entropy_is_log_v_when_uniform_and_that_of_a_known_distribution():
+    """`token_logprobs(..., with_entropy=True)`: the entropy of the distribution each token
+    was drawn from, at the temperature, aligned with the logprobs (0 at position 0)."""
+    from types import SimpleNamespace
+
+    from train.batching import TokenBatch, token_logprobs
+
+    class FixedLogits(torch.nn.Module):  # the same next-token logits at every position
+        def __init__(self, logits_V):
+            super().__init__()
+            self.logits_V = logits_V
+
+        def forward(self, input_ids, attention_mask=None, use_cache=False):
+            return SimpleNamespace(logits=self.logits_V.expand(*input_ids.shape, -1))
+
+    ids = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    batch = TokenBatch(ids, torch.ones_like(ids), torch.ones(2, 3), torch.zeros(2, 3))
+    _, h = token_logprobs(FixedLogits(torch.zeros(7)), batch, with_entropy=True, chunk=1)
+    torch.testing.assert_close(h, torch.tensor([[0.0, math.log(7), math.log(7)]] * 2))
+    # p = (.5, .25, .25): H = .5 ln 2 + 2 * .25 ln 4 = 1.5 ln 2; adding a constant changes nothing.
+    lp, h = token_logprobs(FixedLogits(torch.log(torch.tensor([0.5, 0.25, 0.25])) + 3.0), batch, with_entropy=True)
+    torch.testing.assert_close(h[:, 1:], torch.full((2, 2), 1.5 * math.log(2)))
+    torch.testing.assert_close(lp[0, 1:], torch.log(torch.tensor([0.25, 0.25])))  # tokens 1 and 2
+    # at temperature 2 the logits are halved: p ~ (sqrt .5, sqrt .25, sqrt .25)
+    _, hot = token_logprobs(FixedLogits(torch.log(torch.tensor([0.5, 0.25, 0.25]))), batch, 2.0, with_entropy=True)
+    q = torch.tensor([0.5, 0.25, 0.25]).sqrt()
+    q = q / q.sum()
+    assert hot[0, 1].item() == pytest.approx(float(-(q * q.log()).sum()), abs=1e-6)
 
 
 def test_high_entropy_mask_keeps_the_top_share_by_hand():

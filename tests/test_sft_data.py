@@ -143,7 +143,8 @@ def test_a_new_tiny_model_trains_with_eager_attention_and_the_same_values(world,
     import torch
 
     from train.batching import collate_segments
-    from train.sft import load_policy_for_sft, sft_losses
+    from train.batching import sft_losses
+    from train.sft import load_policy_for_sft
 
     model, tok = load_policy_for_sft(SFTConfig(model="tiny", data=str(world), tiny_hidden_size=64, tiny_layers=2))
     assert model.config._attn_implementation == "eager"

@@ -229,7 +229,7 @@ def test_the_supervised_term_on_demonstrations_adds_its_gradient_to_the_step(tin
     from agent.types import Segment
     from train.batching import collate_segments
     from train.policy import load_policy
-    from train.sft import sft_losses
+    from train.batching import sft_losses
 
     segs = [Segment(context_ids=[5, 6, 7], response_ids=[8 + i, 9, 10 + i, 11], loss_mask=[1, 1, 0, 1],
                     logprobs=[-2.0, -1.5, 0.0, -3.0]) for i in range(3)]

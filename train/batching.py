@@ -1,8 +1,9 @@
-"""Segments -> padded tensors for the trainer.
+"""Segments -> padded tensors for the trainer, and the model's values on them.
 
 A training row is one `Segment`: its context ids followed by its response ids. Only
 response positions with `loss_mask` 1 (tokens the policy sampled) carry loss; context and
-injected tokens condition the model and nothing else.
+injected tokens condition the model and nothing else. `token_logprobs` recomputes the
+policy's logprobs (and entropies) of a batch, `sft_losses` its supervised cross-entropy.
 """
 
 from __future__ import annotations
@@ -127,6 +128,19 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
     unsort_B = torch.argsort(order_B)
     logprobs_B_L = torch.cat(out, dim=0)[unsort_B]
     return (logprobs_B_L, torch.cat(entropies, dim=0)[unsort_B]) if with_entropy else logprobs_B_L
+
+
+def sft_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy loss, context loss): mean cross-entropy over the tokens the policy produced
+    (`loss_mask` 1) and over every other real token (prompt, injected observations)."""
+    logits_B_L_V = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits_B_T_V = logits_B_L_V[:, :-1].float()
+    targets_B_T = batch.input_ids[:, 1:]
+    policy_B_T = batch.loss_mask[:, 1:]
+    context_B_T = batch.attention_mask[:, 1:].float() * (1.0 - policy_B_T)
+    nll_B_T = torch.nn.functional.cross_entropy(logits_B_T_V.transpose(1, 2), targets_B_T, reduction="none")
+    return ((nll_B_T * policy_B_T).sum() / policy_B_T.sum().clamp(min=1),
+            (nll_B_T * context_B_T).sum() / context_B_T.sum().clamp(min=1))
 
 
 def merge_duplicate_rows(batch: TokenBatch, adv_B_T: torch.Tensor) -> tuple[TokenBatch, torch.Tensor, torch.Tensor]:

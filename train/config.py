@@ -1,4 +1,4 @@
-"""Config loading shared by the entry points, and the reference page generated from it.
+"""Config loading shared by the entry points.
 
 An entry point's config is one dataclass whose fields are documented with `doc("...")`.
 Fields made with `section(Cls)` hold a part of the config as a dataclass of its own (the
@@ -7,7 +7,8 @@ take the part they use. On the command line and in YAML every field of every sec
 flat `--field value` (TRL's `TrlParser` / `HfArgumentParser` conventions: `--config x.yaml`,
 then command-line overrides, which win).
 
-    python -m train.reference docs/config.md     # rewrite the reference of every entry point's fields
+`train/reference.py` writes docs/config.md, the reference of every entry point's fields, from
+these dataclasses.
 
 Structured YAML values (e.g. a reward spec list) reach their string field as JSON.
 """
@@ -93,48 +94,3 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
     own, *parts = parser.parse_args_into_dataclasses(args=args)
     values = {f.name: getattr(own, f.name) for f in dataclasses.fields(own)}
     return cls(**values, **{s.name: part for s, part in zip(sections(cls), parts)})
-
-
-# -- the reference page ---------------------------------------------------------------------
-
-
-def _default_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, str):
-        return f"`{value}`" if len(value) < 60 else "see below"
-    return f"`{value}`"
-
-
-def reference_markdown(entries: dict[str, type]) -> str:
-    """A Markdown page with one table of flags per entry point and section."""
-    lines = ["# Configuration reference", "",
-             "Generated from the config dataclasses by `python -m train.reference docs/config.md`; do not edit by hand.",
-             "Every field is a command-line flag (`--field value`) and a key of the YAML file given with "
-             "`--config`.", ""]
-    for command, cls in entries.items():
-        lines += [f"## `{command}` ({cls.__name__})", "", (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
-                  ""]
-        groups = [(None, cls, {})] + [(s.name, typing.get_type_hints(cls)[s.name], s.metadata["section"])
-                                      for s in sections(cls)]
-        long_defaults = []
-        for name, group_cls, defaults in groups:
-            if name is not None:
-                doc_line = (group_cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-                lines += [f"### {name} ({group_cls.__name__})", "", doc_line, ""]
-            lines += ["| flag | type | default | what it does |", "| --- | --- | --- | --- |"]
-            hints = typing.get_type_hints(group_cls)
-            for f in dataclasses.fields(group_cls):
-                if "section" in f.metadata:
-                    continue
-                default = defaults.get(f.name, f.default)
-                if isinstance(default, str) and len(default) >= 60:
-                    long_defaults.append((f.name, default))
-                kind = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-                kind = kind.replace(" | None", " or none")
-                help_text = f.metadata.get("help", "").replace("|", "\\|")
-                lines.append(f"| `--{f.name}` | {kind} | {_default_text(default)} | {help_text} |")
-            lines.append("")
-        for name, default in long_defaults:
-            lines += [f"Default of `--{name}`:", "", "```json", default, "```", ""]
-    return "\n".join(lines).rstrip() + "\n"

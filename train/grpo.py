@@ -49,8 +49,9 @@ from train.config import doc, parse_config, section
 from train.demos import StepDemos, progress_bar
 from train.loss import LossConfig
 from train.metrics_log import Trackers, append_jsonl, plot_curves
-from train.policy import (Policy, PolicyConfig, Precision, load_policy, machine, make_sampler, resolve_precision,
-                          sampler_weights, training_attention)
+from train.hardware import machine
+from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
+                          training_attention)
 from train.update import Advantages, OptimConfig, advantages_for, group_stats, lr_scheduler, make_optimizer, policy_update
 
 console = Console(stderr=True)

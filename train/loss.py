@@ -26,8 +26,6 @@ __all__ = [
     "KL_ESTIMATORS",
     "LossConfig",
     "aggregate",
-    "entropy_bonus",
-    "entropy_from_logits",
     "grads_are_finite",
     "high_entropy_mask",
     "is_finite_step",
@@ -208,24 +206,6 @@ def kl_penalty(logprobs_B_T: torch.Tensor, ref_logprobs_B_T: torch.Tensor, kind:
     return KL_ESTIMATORS[kind](d_B_T)
 
 
-def entropy_from_logits(logits_B_T_V: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
-    """(B, T) entropy of softmax(logits) at each position: logsumexp(z) - sum softmax(z) z.
-
-    Computed in float32, `chunk_rows` positions at a time, so a large vocabulary never needs
-    a full (B, T, V) float32 copy at once. Logits at t predict token t + 1: to align with
-    `token_logprobs`, pass `logits[:, :-1]` and pad one 0 column in front.
-    """
-    B, T, V = logits_B_T_V.shape
-    flat_K_V = logits_B_T_V.reshape(B * T, V)
-    out = []
-    for start in range(0, B * T, chunk_rows):
-        z_k_V = flat_K_V[start : start + chunk_rows].float()
-        lse_k = torch.logsumexp(z_k_V, dim=-1)
-        p_k_V = torch.exp(z_k_V - lse_k[:, None])
-        out.append(lse_k - (p_k_V * z_k_V).sum(dim=-1))
-    return torch.cat(out).reshape(B, T) if out else logits_B_T_V.new_zeros((B, T), dtype=torch.float32)
-
-
 def high_entropy_mask(entropy_B_T: torch.Tensor, mask_B_T: torch.Tensor, top_share: float,
                       counts_B: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) float, 1 on the sampled tokens whose entropy is among the highest `top_share` of the batch's.
@@ -251,12 +231,6 @@ def high_entropy_mask(entropy_B_T: torch.Tensor, mask_B_T: torch.Tensor, top_sha
     reached_K = weights_K[order_K].cumsum(0) >= top_share * weights_K.sum() - 1e-6
     threshold = values_K[order_K][int(reached_K.nonzero()[0])]
     return (keep_B_T & (entropy_B_T.detach().float() >= threshold)).float()
-
-
-def entropy_bonus(entropy_B_T: torch.Tensor, mask_B_T: torch.Tensor, coef: float, mode: str = "token_mean",
-                  max_tokens: int | None = None) -> torch.Tensor:
-    """The term to *add* to the loss to reward entropy: -coef * aggregate(entropy)."""
-    return -coef * aggregate(entropy_B_T, mask_B_T, mode, max_tokens)
 
 
 @torch.no_grad()

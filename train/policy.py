@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from train.config import doc
+from train.hardware import cpu_bf16_kernels
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
 ROLLOUT_ENGINES = ("hf", "vllm")
@@ -77,7 +76,7 @@ def resolve_precision(name: str, device: torch.device | str = "cpu") -> Precisio
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         else:
-            name = "bf16-mixed" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
+            name = "bf16-mixed" if device.type == "cpu" and cpu_bf16_kernels() != "emulated" else "fp32"
     if name == "fp32":
         return Precision(name, torch.float32, None, None)
     if name == "bf16-mixed":
@@ -170,44 +169,6 @@ def autocast_to(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return frozenset()
-
-
-def _cpu_has_bf16() -> bool:
-    """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls about twice as fast as fp32
-    (a 4-layer d=256 model trains 1.9x faster on such a CPU); elsewhere bf16 is emulated,
-    as it is where `ONEDNN_MAX_CPU_ISA` caps oneDNN below those instructions."""
-    return cpu_bf16_kernels() != "emulated"
-
-
-# oneDNN's ONEDNN_MAX_CPU_ISA values that still allow AMX, and those that allow AVX512-BF16.
-_ISA_WITH_AMX = {"ALL", "AVX10_1_512_AMX", "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16"}
-_ISA_WITH_BF16 = _ISA_WITH_AMX | {"AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16"}
-_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-
-
-def cpu_bf16_kernels() -> str:
-    """Which kernels compute this CPU's bf16 matmuls: `amx` (AMX tiles), `avx512_bf16`, or
-    `emulated`. oneDNN takes AMX where the CPU has it unless `ONEDNN_MAX_CPU_ISA` caps the
-    instruction set (`AVX512_CORE_BF16` leaves AMX out). The kernels round differently, so
-    the same bf16 training gives other weights on each: a build records which it ran on."""
-    flags = _cpu_flags()
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if cap not in _ISA_WITH_BF16 | _ISA_WITHOUT_BF16:
-        cap = "ALL"  # unset, or a value oneDNN does not know and ignores
-    if "amx_bf16" in flags and cap in _ISA_WITH_AMX:
-        return "amx"
-    if {"avx512_bf16", "amx_bf16"} & flags and cap in _ISA_WITH_BF16:
-        return "avx512_bf16"
-    return "emulated"
-
-
 def load_policy(path: str | Path, *, resume_from: str | Path | None = None, lora_r: int = 0, lora_alpha: int = 16,
                 lora_targets: str = "all-linear", need_reference: bool = True, gradient_checkpointing: bool = False,
                 dtype: torch.dtype = torch.float32, device: str | None = None) -> Policy:
@@ -250,10 +211,3 @@ def training_attention(tiny: bool) -> str | None:
     PyTorch's fused SDPA kernel is the slow part there), with the same values; None (the
     model's default, SDPA) for any other."""
     return "eager" if tiny else None
-
-
-def machine() -> dict:
-    """What a run's numbers depend on besides its config and seed: torch, the thread count
-    (the order floats are summed in) and the bf16 kernels."""
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "bf16_kernels": cpu_bf16_kernels(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -29,12 +29,13 @@ from rich.console import Console
 
 from agent.rollout import Rollout, RolloutConfig
 from agent.types import Segment
-from train.batching import collate_segments
+from train.batching import collate_segments, sft_losses
 from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, extra_world_dir, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.policy import autocast_to, machine, resolve_precision, training_attention
+from train.hardware import machine
+from train.policy import autocast_to, resolve_precision, training_attention
 
 console = Console(stderr=True)
 
@@ -98,24 +99,6 @@ class SFTConfig:
 
 def rollout_config(cfg: SFTConfig, **overrides) -> RolloutConfig:
     return RolloutConfig(passages_per_search=cfg.passages_per_search, max_doc_tokens=cfg.max_doc_tokens, temperature=0.0, **overrides)
-
-
-def masked_lm_loss(model, batch) -> torch.Tensor:
-    """Mean cross-entropy over the tokens the policy produced."""
-    return sft_losses(model, batch)[0]
-
-
-def sft_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy loss, context loss): mean cross-entropy over the tokens the policy produced
-    (`loss_mask` 1) and over every other real token (prompt, injected observations)."""
-    logits_B_L_V = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    logits_B_T_V = logits_B_L_V[:, :-1].float()
-    targets_B_T = batch.input_ids[:, 1:]
-    policy_B_T = batch.loss_mask[:, 1:]
-    context_B_T = batch.attention_mask[:, 1:].float() * (1.0 - policy_B_T)
-    nll_B_T = torch.nn.functional.cross_entropy(logits_B_T_V.transpose(1, 2), targets_B_T, reduction="none")
-    return ((nll_B_T * policy_B_T).sum() / policy_B_T.sum().clamp(min=1),
-            (nll_B_T * context_B_T).sum() / context_B_T.sum().clamp(min=1))
 
 
 def heldout_loss(model, segments: list[Segment], pad_id: int, max_len: int, autocast: torch.dtype | None = None,

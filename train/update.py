@@ -13,12 +13,11 @@ import torch
 from agent.types import TrajectoryGroup
 from rewards.outcome import exact_match
 from train.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, process_advantages, scale_negatives
-from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, token_logprobs
+from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
 from train.config import doc
 from train.loss import LossConfig, aggregate, high_entropy_mask, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
 from train.placement import place_step_rewards, response_values_to_rows
 from train.policy import autocast_to
-from train.sft import sft_losses
 from train.tree_credit import tree_advantage_rows
 
 LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
