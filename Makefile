@@ -11,7 +11,7 @@ STAMP    = $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-vllm bench clean
+.PHONY: install demo test test-slow test-vllm bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ test-vllm: $(VLLM_VENV)/.installed
 
 bench: $(STAMP)
 	$(BIN)/python -m eval.bench.retrieval
+
+# The configuration reference, generated from the config dataclasses (a test fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m train.reference docs/config.md
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV)
