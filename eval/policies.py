@@ -47,8 +47,9 @@ def build_oracle(examples: list[Example], data: Path, corpus_path: Path | None, 
     return engine, tokenizer
 
 
-def build_model(spec: str, data: Path, *, model_name: str | None = None, tokenizer_path: str | None = None):
-    """(engine, tokenizer) for `tiny`, `openai:URL`, or a model directory / hub id."""
+def build_model(spec: str, data: Path, *, model_name: str | None = None, tokenizer_path: str | None = None,
+                device: str = "auto"):
+    """(engine, tokenizer) for `tiny`, `openai:URL`, or a model directory / hub id (on `device`)."""
     if spec.startswith("openai:"):
         from agent.engines import make_engine
 
@@ -68,9 +69,10 @@ def build_model(spec: str, data: Path, *, model_name: str | None = None, tokeniz
             raise SystemExit(f"no tiny policy at {spec}: build it with `python train/sft.py --data {data}` "
                              "(or run `python train/grpo.py`, which builds it)")
     from agent.engines.hf import HFEngine
+    from train.hardware import pick_device
 
     try:
-        engine = HFEngine.from_pretrained(spec)
+        engine = HFEngine.from_pretrained(spec, device=pick_device(device))
     except OSError as error:
         raise SystemExit(f"cannot load the model {spec!r} (a model directory, or a hub id in the local cache): "
                          f"{error}") from None

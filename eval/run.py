@@ -132,6 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--prompt-style", default="auto", choices=["auto", "chat", "compact"])
     p.add_argument("--seed", type=int, default=0, help="seeds sampling and the bootstrap")
+    p.add_argument("--device", default="auto", help="auto (a GPU where CUDA exists, else the CPU) | cpu | cuda | cuda:N")
     p.add_argument("--search-budget", type=int, default=None, help="searches allowed per question (a further one is an invalid action); also reported")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples for the CIs")
     p.add_argument("--report-examples", type=int, default=4, help="example traces in report.md")
@@ -150,7 +151,8 @@ def build_rollout(args, examples, retriever) -> tuple[Rollout, str]:
         engine, tokenizer = build_oracle(examples, args.data, args.corpus, args.prompt_style, args.tokenizer)
     else:
         spec = args.model if args.policy in BASELINES else args.policy
-        engine, tokenizer = build_model(spec, args.data, model_name=args.model_name, tokenizer_path=args.tokenizer)
+        engine, tokenizer = build_model(spec, args.data, model_name=args.model_name, tokenizer_path=args.tokenizer,
+                                        device=args.device)
     if args.policy in BASELINES:
         rollout = OneTurnRollout(engine, retriever, cfg, tokenizer, retrieve=args.policy == "rag")
     else:

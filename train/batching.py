@@ -130,6 +130,21 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
     return (logprobs_B_L, torch.cat(entropies, dim=0)[unsort_B]) if with_entropy else logprobs_B_L
 
 
+class LogprobsForward(torch.nn.Module):
+    """`token_logprobs` of `model` (with entropies, the output head on trained tokens only) as
+    a module's forward: what accelerate wraps (DDP, FSDP, DeepSpeed), so that the gradients
+    of a minibatch are synced once, by its backward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's auto wrap reads it
+
+    def forward(self, input_ids, attention_mask, loss_mask, temperature: float):
+        batch = TokenBatch(input_ids, attention_mask, loss_mask, torch.zeros_like(loss_mask))
+        return token_logprobs(self.model, batch, temperature, with_entropy=True, only_loss=True)
+
+
 def sft_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(policy loss, context loss): mean cross-entropy over the tokens the policy produced
     (`loss_mask` 1) and over every other real token (prompt, injected observations)."""

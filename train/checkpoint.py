@@ -28,13 +28,18 @@ STATE_FILE = "trainer_state.pt"
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -81,9 +86,11 @@ def save_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
-                    cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None) -> Path:
+                    cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None,
+                    processes: int = 1) -> Path:
     """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `extra` is
-    further trainer state (such as a weight average) handed back by `load_trainer_state`."""
+    further trainer state (such as a weight average) handed back by `load_trainer_state`;
+    `processes` is the number of processes that trained it (a resume must use as many)."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     with atomic_dir(final) as tmp, quiet_save():
@@ -96,6 +103,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
             "rng": rng_state(),
             "cursor": cursor,
             "extra": extra or {},
+            "processes": processes,
         }, tmp / STATE_FILE)
         cfg = asdict(config) if is_dataclass(config) else dict(config)
         (tmp / "config.json.train").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
@@ -126,7 +134,8 @@ def load_trainer_state(path: str | Path, optimizer, scheduler) -> dict:
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return {"step": state["step"], "cursor": state["cursor"], "extra": state.get("extra", {})}
+    return {"step": state["step"], "cursor": state["cursor"], "extra": state.get("extra", {}),
+            "processes": state.get("processes", 1)}
 
 
 @dataclass
@@ -139,15 +148,22 @@ class RunState:
 
 
 def resume_run(output_dir: Path, checkpoint: Path, optimizer, scheduler, average, *, max_steps: int,
-               average_last: int) -> RunState:
+               average_last: int, processes: int = 1, logs: bool = True) -> RunState:
     """Restore `checkpoint`'s optimizer, scheduler, RNG, data cursor and weight average (`average`),
-    drop what metrics.jsonl and traces.jsonl logged after it, and reload summary.json.
+    drop what metrics.jsonl and traces.jsonl logged after it (`logs`: the process that writes
+    them), and reload summary.json. A checkpoint resumes with the number of processes that
+    wrote it: each process rolls out its share of a step's questions, so another number would
+    train on other batches than the run it continues.
 
     The weight average holds consecutive steps up to the checkpoint; a run resumed with another
     `max_steps` or `average_last` averages another window, so an average that does not start
     where the new window does is dropped and started afresh."""
     console = Console(stderr=True)
     state = load_trainer_state(checkpoint, optimizer, scheduler)
+    if state["processes"] != processes:
+        raise ValueError(f"{checkpoint} was written by a run of {state['processes']} process(es); resume it with as many "
+                         f"(accelerate launch --num_processes {state['processes']}), not {processes}, or start a new "
+                         "output_dir")
     step = state["step"]
     if "average" in state["extra"]:
         average.load_state_dict(state["extra"]["average"])
@@ -156,8 +172,9 @@ def resume_run(output_dir: Path, checkpoint: Path, optimizer, scheduler, average
             console.print(f"the weight average of steps {first}-{step} is dropped: with max_steps {max_steps} and "
                           f"average_last {average_last} the final model averages steps from {max(window, step + 1)} on")
             average.reset()
-    dropped = truncate_after(output_dir / "metrics.jsonl", step) + truncate_after(output_dir / "traces.jsonl", step)
-    console.print(f"resumed from {checkpoint} (step {step}; {dropped} lines after it dropped)")
+    if logs:
+        dropped = truncate_after(output_dir / "metrics.jsonl", step) + truncate_after(output_dir / "traces.jsonl", step)
+        console.print(f"resumed from {checkpoint} (step {step}; {dropped} lines after it dropped)")
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return RunState(step, state["cursor"], summary)

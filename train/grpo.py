@@ -46,10 +46,12 @@ from train.advantages import AdvantageConfig
 from train.averaging import WeightAverage
 from train.checkpoint import RunState, latest_checkpoint, resume_run, save_atomic, save_checkpoint
 from train.config import doc, parse_config, section
+from train.batching import LogprobsForward
 from train.demos import StepDemos, progress_bar
+from train.distributed import ONE, Processes
 from train.loss import LossConfig
 from train.metrics_log import Trackers, append_jsonl, plot_curves
-from train.hardware import machine
+from train.hardware import machine, pick_device
 from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
                           training_attention)
 from train.update import Advantages, OptimConfig, advantages_for, group_stats, lr_scheduler, make_optimizer, policy_update
@@ -130,41 +132,50 @@ class Trainer:
     scheduler: object
     average: WeightAverage  # the final model's weight average
     demos: StepDemos | None  # loss.sft_coef: the oracle's demonstrations of each step's questions
+    forward: torch.nn.Module  # the update's LogprobsForward of the policy, as accelerate prepared it
+    procs: Processes  # this run's processes (one, or N under accelerate launch)
 
 
 @dataclass
 class StepResult:
     record: dict  # the step's line of metrics.jsonl
-    groups: list[TrajectoryGroup]  # every group rolled out, scored
-    advantages: Advantages  # of the groups trained on
-    trained: list[TrajectoryGroup]  # the groups the update trained on
+    groups: list[TrajectoryGroup]  # every group rolled out by every process, scored
+    trained: list[TrajectoryGroup]  # those the update trained on
+    advantage: dict[int, float]  # id(trajectory) of those -> its mean advantage (for traces)
+    advantages: Advantages  # this process's batch and advantages
 
 
-def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path | None = None) -> Trainer:
-    """The policy (a resumed run's weights), its engines, optimizer and schedule, and the reward."""
+def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path | None = None,
+                  procs: Processes = ONE) -> Trainer:
+    """The policy (a resumed run's weights) on its device, its engines, optimizer and schedule,
+    and the reward; with several processes, the update's forward and the optimizer prepared by
+    accelerate (DDP), which all-reduces the gradients."""
     from rewards.registry import build_reward
 
     reward = build_reward(json.loads(cfg.rewards))
-    precision = resolve_precision(cfg.policy.precision)
+    device = procs.device if procs.accelerator is not None else pick_device(cfg.policy.device)
+    precision = resolve_precision(cfg.policy.precision, device)
     policy = load_policy(model_path, resume_from=resume_from, lora_r=cfg.policy.lora_r, need_reference=cfg.loss.kl_coef > 0,
-                         gradient_checkpointing=cfg.policy.gradient_checkpointing, dtype=precision.weights)
+                         gradient_checkpointing=cfg.policy.gradient_checkpointing, dtype=precision.weights,
+                         device=device)
     engine = HFEngine(policy.model, policy.tokenizer)
     sampler = make_sampler(cfg.policy, policy, precision, model_path, engine, cfg.seed)
     attention = training_attention(tiny=cfg.policy.model == "tiny")  # after the sampler took its copy
     if attention:
         policy.model.set_attn_implementation(attention)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg.optim)
+    forward, optimizer = procs.prepare(LogprobsForward(policy.model), make_optimizer(trainable, cfg.optim))
     demos = None
     if cfg.loss.sft_coef:
         demos = StepDemos(cfg.train_data or cfg.data, retriever, policy.tokenizer, cfg.rollout, held_out_data=cfg.data)
     return Trainer(cfg, policy, precision, engine, sampler, retriever, reward, optimizer,
-                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), WeightAverage(trainable), demos)
+                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), WeightAverage(trainable), demos, forward, procs)
 
 
 def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
     """One step on `questions` by a policy that has taken `step` updates: rollout -> score ->
-    pick groups -> advantages -> update; returns the step's record and its groups."""
+    pick groups -> advantages -> update; returns the step's record and its groups. With several
+    processes, `questions` is this process's share and the record covers every process's."""
     cfg = t.cfg
     t0 = time.perf_counter()
     rollout = Rollout(t.sampler, t.retriever, cfg.rollout, t.policy.tokenizer)
@@ -177,25 +188,31 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
     for g in groups:
         g.scores = [next(scores) for _ in g.trajectories]
     t2 = time.perf_counter()
-    trained = pick_groups(groups, cfg.questions_per_step)
+    trained = pick_groups(groups, cfg.questions_per_step // t.procs.n)
     adv = advantages_for(trained, cfg.advantage, t.policy.tokenizer.pad_token_id)
     demos = t.demos([g.example for g in trained]) if t.demos else None
     lr = t.scheduler.get_last_lr()[0]
     update = policy_update(t.policy, adv, cfg.loss, cfg.optim, t.optimizer, temperature=cfg.rollout.temperature,
-                           seed=cfg.seed * 7919 + step, autocast=t.precision.autocast, demos=demos)
+                           seed=cfg.seed * 7919 + step, autocast=t.precision.autocast, demos=demos, forward=t.forward,
+                           procs=t.procs)
     t.scheduler.step()  # once per step of questions, however many minibatches it took
     if t.sampler is not t.engine:  # the sampler holds its own copy of the weights
         t.sampler.update_weights(sampler_weights(t.policy))
     t3 = time.perf_counter()
+    kept = {id(g) for g in trained}
+    parts = t.procs.gather((groups, [id(g) in kept for g in groups], adv.per_traj))  # every process's, in order
+    groups = [g for gs, _, _ in parts for g in gs]
+    trained = [g for gs, keep, _ in parts for g, k in zip(gs, keep) if k]
+    advantage = dict(zip([id(traj) for g in trained for traj in g.trajectories], [a for _, _, per in parts for a in per]))
     all_scores = [s for g in groups for s in g.scores]
     record = {"step": step + 1, "reward": sum(s.value for s in all_scores) / len(all_scores), **group_stats(groups),
               **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
-              "tokens_per_s": sum(traj.n_sampled_tokens for traj in trajectories) / (t1 - t0)}
+              "tokens_per_s": sum(traj.n_sampled_tokens for g in groups for traj in g.trajectories) / (t1 - t0)}
     if len(groups) > cfg.questions_per_step:
         record["groups_trained"] = len(trained)
     for part in all_scores[0].parts:  # every reward component's mean, annealed weights included
         record[f"rewards/{part}"] = sum(s.parts[part] for s in all_scores) / len(all_scores)
-    return StepResult(record, groups, adv, trained)
+    return StepResult(record, groups, trained, advantage, adv)
 
 
 def pick_groups(groups: list[TrajectoryGroup], n: int) -> list[TrajectoryGroup]:
@@ -262,10 +279,8 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
     """The step's traces (every rolled-out trajectory; those not trained on carry no
     advantage), its metrics line, and a line on the console."""
     record, step = result.record, result.record["step"]
-    trained = [traj for g in result.trained for traj in g.trajectories]
-    advantage = {id(traj): a for traj, a in zip(trained, result.advantages.per_traj)}
     traces.write([trajectory_record(traj, g.example, tokenizer, step=step, reward=s.value, rewards=s.parts,
-                                    advantage=advantage.get(id(traj)))
+                                    advantage=result.advantage.get(id(traj)))
                   for g in result.groups for traj, s in zip(g.trajectories, g.scores)])
     append_jsonl(out / "metrics.jsonl", [record])
     trackers.log(record, step)
@@ -281,6 +296,7 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
 def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    procs = Processes.launched(cpu=cfg.policy.device == "cpu")  # one, or N under accelerate launch; the main one writes
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -289,53 +305,78 @@ def main(argv=None) -> dict:
     # -- setup: the embedded default (built once, then cached), questions, retrievers, trainer ----
     from retrieval import open_retriever
     from train.prepare import ensure_default
+    from train.tiny import tiny_policy_dir
 
     model_path = cfg.policy.model
     if model_path == "tiny":
-        model_path = str(ensure_default(cfg.data, cfg.index, eval_questions=0)[2])  # a run evaluates dev itself
+        if procs.is_main:
+            ensure_default(cfg.data, cfg.index, eval_questions=0)  # a run evaluates dev itself
+        procs.wait()
+        model_path = str(tiny_policy_dir(cfg.data))
+    n_rolled = check_shares(cfg, procs)
     train_set, dev_set, test_set = load_questions(cfg)
     retriever = open_retriever(cfg.index)  # dev and test
     train_retriever = open_retriever(cfg.train_index) if cfg.train_index else retriever
     checkpoint = latest_checkpoint(out) if cfg.resume else None
-    t = build_trainer(cfg, model_path, train_retriever, checkpoint)
-    traces, trackers = TraceWriter(out / "traces.jsonl"), Trackers(cfg.report_to, out, asdict(cfg))
+    t = build_trainer(cfg, model_path, train_retriever, checkpoint, procs)
+    traces, trackers = (TraceWriter(out / "traces.jsonl"), Trackers(cfg.report_to, out, asdict(cfg))) if procs.is_main \
+        else (None, None)
 
     # -- resume, or evaluate the starting point ----------------------------------------------------
     if checkpoint:
         state = resume_run(out, checkpoint, t.optimizer, t.scheduler, t.average, max_steps=cfg.max_steps,
-                           average_last=cfg.average_last)
+                           average_last=cfg.average_last, processes=procs.n, logs=procs.is_main)
     else:
         state = RunState()
-        if test_set:
+        if test_set and procs.is_main:
             state.summary["test_before"] = evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test")
             (out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
             console.print(f"test EM before training: {state.summary['test_before']['em']:.3f}")
-        if dev_set:
+        if dev_set and procs.is_main:
             dev = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev")
             append_jsonl(out / "metrics.jsonl", [{"step": 0, "dev_em": dev["em"]}])
             console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
     # -- the loop: questions -> train_step -> weight average, dev evaluation, logs, checkpoint -----
-    n_rolled = math.ceil(cfg.questions_per_step * cfg.oversample)
+    share = n_rolled // procs.n
     progress = progress_bar()
     task = progress.add_task("grpo", total=cfg.max_steps, completed=min(state.step, cfg.max_steps))
-    with progress:
+    with progress if procs.is_main else contextlib.nullcontext():
         while state.step < cfg.max_steps:
             questions, state.cursor = next_questions(train_set, state.cursor, n_rolled, cfg.seed)
-            result = train_step(t, questions, state.step)
+            result = train_step(t, questions[procs.index * share : (procs.index + 1) * share], state.step)
             state.step += 1
             if state.step > cfg.max_steps - cfg.average_last:
                 t.average.update()
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and dev_set:
-                result.record["dev_em"] = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", progress)["em"]
-            log_step(result, out, traces, trackers, t.policy.tokenizer, progress, task)
-            if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
-                save_checkpoint(out, state.step, t.policy.model, t.policy.tokenizer, t.optimizer, t.scheduler,
-                                cursor=state.cursor, config=cfg, keep_last=cfg.keep_last,
-                                extra={"average": t.average.state_dict()})
+            if procs.is_main:
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and dev_set:
+                    result.record["dev_em"] = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", progress)["em"]
+                log_step(result, out, traces, trackers, t.policy.tokenizer, progress, task)
+                if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
+                    save_checkpoint(out, state.step, t.policy.model, t.policy.tokenizer, t.optimizer, t.scheduler,
+                                    cursor=state.cursor, config=cfg, keep_last=cfg.keep_last, processes=procs.n,
+                                    extra={"average": t.average.state_dict()})
+            procs.wait()
+    return finish(t, state, out, retriever, test_set)
 
-    # -- the end: the final model and its held-out test EM against the warm start, curves ----------
-    summary, averaged = state.summary, t.average.count > 0
+
+def check_shares(cfg: GRPOConfig, procs: Processes) -> int:
+    """Questions rolled out a step; each process takes an equal share of them, whole groups."""
+    n_rolled = math.ceil(cfg.questions_per_step * cfg.oversample)
+    if cfg.questions_per_step % procs.n or n_rolled % procs.n:
+        raise ValueError(f"questions_per_step ({cfg.questions_per_step}) and the questions rolled out a step "
+                         f"({n_rolled}, with oversample {cfg.oversample}) must divide evenly among {procs.n} processes")
+    return n_rolled
+
+
+def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) -> dict:
+    """The final model (the weight average) and its held-out test EM against the warm start, the
+    summary and the curves; with several processes, a check that they hold the same weights."""
+    cfg, procs, summary, averaged = t.cfg, t.procs, state.summary, t.average.count > 0
+    if procs.n > 1 and not procs.weights_agree(t.average.params):
+        raise RuntimeError("the processes' weights differ after training: the gradients were not synced")
+    if not procs.is_main:
+        return summary
     with t.average.swapped_in() if averaged else contextlib.nullcontext():
         save_atomic(t.policy.model, t.policy.tokenizer, out / "final")
         # A rerun of a finished run keeps its evaluation; one resumed to more steps makes its own.
@@ -344,7 +385,7 @@ def main(argv=None) -> dict:
                                      "step": state.step}
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": t.average.count,
                               **({"averaged_from_step": t.average.first_step(state.step)} if averaged else {})}
-    summary["machine"] = machine()
+    summary["machine"] = {**machine(), "processes": procs.n}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
         before, after = summary["test_before"]["em"], summary["test_after"]["em"]

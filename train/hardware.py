@@ -44,6 +44,24 @@ def cpu_bf16_kernels() -> str:
     return "emulated"
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU of this process (its LOCAL_RANK under `accelerate launch` or torchrun)
+    where CUDA exists, else the CPU; `cpu`, `cuda` or `cuda:N` as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}); use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
 def machine() -> dict:
     """What a run's numbers depend on besides its config and seed: torch, the thread count
     (the order floats are summed in) and the bf16 kernels."""

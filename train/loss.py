@@ -26,6 +26,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LossConfig",
     "aggregate",
+    "aggregate_weight",
     "grads_are_finite",
     "high_entropy_mask",
     "is_finite_step",
@@ -119,6 +120,22 @@ def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token
             raise ValueError("aggregation 'seq_mean_token_sum_norm' needs max_tokens > 0 (the response token budget): a constant, "
                              f"so the loss scale does not follow batch lengths; got {max_tokens!r}")
         return (kept_B_T.sum(dim=1) * count_B).sum() / (count_B.sum() * max_tokens)
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {mode!r}")
+
+
+def aggregate_weight(mask_B_T: torch.Tensor, mode: str, counts_B: torch.Tensor | None = None) -> float:
+    """The denominator `aggregate` divides by, but for the constant `max_tokens` of
+    seq_mean_token_sum_norm: tokens (token_mean), rows with tokens (seq_mean_token_mean) or
+    rows (seq_mean_token_sum_norm), each row counted `counts_B` times. Processes that each
+    hold part of a batch weigh their means by it (`train.distributed.Processes.share`)."""
+    count_B = torch.ones(mask_B_T.shape[0], device=mask_B_T.device) if counts_B is None else counts_B.float()
+    tokens_B = (mask_B_T > 0).sum(dim=1)
+    if mode == "token_mean":
+        return float((tokens_B * count_B).sum())
+    if mode == "seq_mean_token_mean":
+        return float(((tokens_B > 0) * count_B).sum())
+    if mode == "seq_mean_token_sum_norm":
+        return float(count_B.sum())
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {mode!r}")
 
 

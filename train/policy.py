@@ -38,8 +38,10 @@ class PolicyConfig:
     precision: str = doc(
         "auto | fp32 | bf16-mixed | bf16. fp32: everything in float32. bf16-mixed: float32 weights, bf16 autocast "
         "of the update's and the reference's forwards, rollouts sampled by a bf16 copy synced after every update. "
-        "bf16: weights and compute in bf16. auto: bf16 on a GPU that computes it, bf16-mixed on a CPU with native "
-        "bf16 kernels (AVX512-BF16 or AMX), fp32 elsewhere", "auto")
+        "bf16: weights and compute in bf16 (no float32 master weights). auto: bf16-mixed on a GPU that computes "
+        "bf16 and on a CPU with native bf16 kernels (AVX512-BF16 or AMX), fp32 elsewhere", "auto")
+    device: str = doc("auto (this process's GPU where CUDA exists, else the CPU) | cpu | cuda: where the policy, "
+                      "its reference, the sampler and the batches live", "auto")
     gradient_checkpointing: bool = doc("recompute activations in the backward pass: less memory, more compute", False)
     rollout_engine: str = doc("hf (in-process, over the trained model or its bf16 copy) | vllm (an in-process "
                               "vllm.LLM loaded with the trained weights, LoRA merged, after every update; greedy "
@@ -48,6 +50,8 @@ class PolicyConfig:
                                              "trainer needs the rest), in (0, 1]", 0.4)
 
     def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda (each process takes its own GPU), got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.rollout_engine not in ROLLOUT_ENGINES:
@@ -69,12 +73,13 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device | str = "cpu") -> Precision:
-    """`auto` is bf16 on a GPU that computes it, bf16-mixed on a CPU with native bf16 kernels
-    (a 4-layer d=256 model trains about twice as fast there), fp32 elsewhere."""
+    """`auto` is bf16-mixed (float32 master weights, bf16 compute) on a GPU that computes bf16
+    and on a CPU with native bf16 kernels (a 4-layer d=256 model trains about twice as fast
+    there), fp32 elsewhere."""
     device = torch.device(device)
     if name == "auto":
         if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            name = "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
         else:
             name = "bf16-mixed" if device.type == "cpu" and cpu_bf16_kernels() != "emulated" else "fp32"
     if name == "fp32":

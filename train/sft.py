@@ -34,7 +34,7 @@ from train.checkpoint import save_atomic
 from train.config import doc, parse_config
 from train.demos import (extra_world_demonstrations, extra_world_dir, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
-from train.hardware import machine
+from train.hardware import machine, pick_device
 from train.policy import autocast_to, resolve_precision, training_attention
 
 console = Console(stderr=True)
@@ -87,6 +87,7 @@ class SFTConfig:
         "loss_mask tokens", None)
     precision: str = doc("auto | fp32 | bf16-mixed: float32 weights, with bf16 autocast of the forwards for "
                          "bf16-mixed; auto takes bf16-mixed where the GPU or CPU computes bf16 natively", "auto")
+    device: str = doc("auto (a GPU where CUDA exists, else the CPU) | cpu | cuda | cuda:N", "auto")
     heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
     eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
     log_every: int = doc("steps between loss lines in the log", 25)
@@ -240,13 +241,13 @@ def load_policy_for_sft(cfg: SFTConfig):
         size = TinyModelConfig.scaled(cfg.tiny_hidden_size, cfg.tiny_layers)
         model = build_model(tokenizer, size, seed=cfg.seed)
         model.set_attn_implementation(training_attention(tiny=True))
-        return model, tokenizer
+        return model.to(pick_device(cfg.device)), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32), tokenizer
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(pick_device(cfg.device)), tokenizer
 
 
 def run(cfg: SFTConfig) -> dict:

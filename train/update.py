@@ -13,9 +13,10 @@ import torch
 from agent.types import TrajectoryGroup
 from rewards.outcome import exact_match
 from train.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, process_advantages, scale_negatives
-from train.batching import TokenBatch, collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
+from train.batching import LogprobsForward, TokenBatch, collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
 from train.config import doc
-from train.loss import LossConfig, aggregate, high_entropy_mask, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
+from train.distributed import ONE, Processes
+from train.loss import LossConfig, aggregate, aggregate_weight, high_entropy_mask, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
 from train.placement import place_step_rewards, response_values_to_rows
 from train.policy import autocast_to
 from train.tree_credit import tree_advantage_rows
@@ -117,10 +118,14 @@ def advantages_for(groups: list[TrajectoryGroup], acfg: AdvantageConfig, pad_id:
 
 
 def policy_update(policy, adv: Advantages, lcfg: LossConfig, ocfg: OptimConfig, optimizer, *, temperature: float,
-                  seed: int, autocast: torch.dtype | None = None, demos: TokenBatch | None = None) -> dict:
+                  seed: int, autocast: torch.dtype | None = None, demos: TokenBatch | None = None, forward=None,
+                  procs: Processes = ONE) -> dict:
     """`ocfg.updates_per_batch` passes of minibatch steps on the clipped loss (+ KL, - entropy,
     + `lcfg.sft_coef` x the mean cross-entropy of `demos`' sampled tokens in every step).
-    Logprobs are recomputed at the sampling `temperature`, under `autocast` where given.
+    Logprobs are recomputed at the sampling `temperature`, under `autocast` where given, by
+    `forward` (a `LogprobsForward` of the policy, as accelerate prepared it; by default a
+    plain one). With several processes (`procs`), each trains on its own rows and the loss is
+    the mean over every process's tokens.
 
     Identical rows (one trajectory sampled several times in a group: same tokens, sampler
     logprobs and advantages) are trained once, weighted by their count: the same loss and
@@ -128,17 +133,21 @@ def policy_update(policy, adv: Advantages, lcfg: LossConfig, ocfg: OptimConfig, 
     n_rows = adv.batch.input_ids.shape[0]
     batch, adv_B_T, counts_B = merge_duplicate_rows(adv.batch, adv.adv_B_T) if n_rows else (adv.batch, adv.adv_B_T,
                                                                                             torch.ones(0))
+    max_tokens = int(procs.max([adv.batch.attention_mask.sum(1).max() if n_rows else 0])[0])
     out = train_rows(policy, batch, adv_B_T, counts_B, lcfg, ocfg, optimizer, temperature=temperature, seed=seed,
-                     autocast=autocast, demos=demos, max_tokens=int(adv.batch.attention_mask.sum(1).max()))
-    out["rows_distinct"] = len(counts_B) / max(n_rows, 1)
+                     autocast=autocast, demos=demos, max_tokens=max_tokens, forward=forward, procs=procs)
+    distinct, rows = procs.sum([len(counts_B), n_rows])
+    out["rows_distinct"] = distinct / max(rows, 1)
     return out
 
 
 def train_rows(policy, batch: TokenBatch, adv_B_T: torch.Tensor, counts_B: torch.Tensor, lcfg: LossConfig,
                ocfg: OptimConfig, optimizer, *, temperature: float, seed: int, max_tokens: int,
-               autocast: torch.dtype | None = None, demos: TokenBatch | None = None) -> dict:
+               autocast: torch.dtype | None = None, demos: TokenBatch | None = None, forward=None,
+               procs: Processes = ONE) -> dict:
     """The update of `batch`, each row standing for `counts_B` identical ones (`policy_update`)."""
     model = policy.model
+    forward = forward if forward is not None else LogprobsForward(model)
     logs = defaultdict(list)
     device = next(model.parameters()).device
     batch, adv_B_T, counts_B = batch.to(device), adv_B_T.to(device), counts_B.to(device)
@@ -154,29 +163,36 @@ def train_rows(policy, batch: TokenBatch, adv_B_T: torch.Tensor, counts_B: torch
     # ratio is taken against the trainer's own logprobs before this step, and each token is
     # weighted by min(pi_trainer / pi_sampler, cap). With one pass of one minibatch those are
     # the first forward's own values, detached (the weights have not moved yet): no extra pass.
+    n_minibatches = int(procs.max([math.ceil(len(counts_B) / ocfg.minibatch_rows)])[0])  # alike on every process
     tis_cap, trainer_old_B_L = lcfg.tis_cap, None
-    if tis_cap and len(counts_B) and (ocfg.updates_per_batch > 1 or len(counts_B) > ocfg.minibatch_rows):
+    if tis_cap and len(counts_B) and (ocfg.updates_per_batch > 1 or n_minibatches > 1):
         with torch.no_grad(), autocast_to(device, autocast):
             trainer_old_B_L = token_logprobs(model, batch, temperature, only_loss=True)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(ocfg.updates_per_batch if len(counts_B) else 0):
+    for _ in range(ocfg.updates_per_batch if n_minibatches else 0):
         perm = torch.randperm(len(counts_B), generator=gen).to(device)
-        for idx in even_minibatches(perm, ocfg.minibatch_rows):
+        for idx in torch.tensor_split(perm, n_minibatches):
+            # A process with fewer rows than minibatches still takes part in each synced step: on
+            # one row of its batch, weighted 0.
+            weight = 1.0 if len(idx) else 0.0
+            idx = idx if len(idx) else perm[:1]
             mb = batch.rows(idx)
             mask, adv_mb, counts = mb.loss_mask, adv_B_T[idx], counts_B[idx]
             with autocast_to(device, autocast):
-                logprobs, entropy = token_logprobs(model, mb, temperature, with_entropy=True, only_loss=True)
+                logprobs, entropy = forward(mb.input_ids, mb.attention_mask, mb.loss_mask, temperature)
             old, is_weights = mb.old_logprobs, None
+            tokens = weight * float((mask.sum(1) * counts).sum())  # this process's tokens in the minibatch
             if tis_cap:
                 trainer_old = logprobs.detach() if trainer_old_B_L is None else trainer_old_B_L[idx]
                 is_weights = truncated_is_weights(old, trainer_old, tis_cap)
                 for k, v in sampler_stats(old, trainer_old, is_weights, mask, tis_cap).items():
-                    logs[k].append(v)
+                    logs[k].append(procs.weighted_mean(v, tokens, maximum=k.endswith("_max")))
                 old = trainer_old
             if lcfg.entropy_top_share < 1:  # the policy gradient on the forking tokens only
                 forks = high_entropy_mask(entropy, mask, lcfg.entropy_top_share, counts)
                 is_weights = forks if is_weights is None else is_weights * forks
-                logs["pg_token_share"].append(float((forks.sum(1) * counts).sum() / (mask.sum(1) * counts).sum().clamp(min=1)))
+                share = float((forks.sum(1) * counts).sum() / (mask.sum(1) * counts).sum().clamp(min=1))
+                logs["pg_token_share"].append(procs.weighted_mean(share, tokens))
             loss, m = policy_loss(logprobs, old, adv_mb, mask, lcfg.clip_low, lcfg.clip_high, lcfg.aggregation,
                                   max_tokens=max_tokens, is_weights_B_T=is_weights, counts_B=counts)
             entropy_mean = aggregate(entropy, mask, lcfg.aggregation, max_tokens, counts)
@@ -186,25 +202,34 @@ def train_rows(policy, batch: TokenBatch, adv_B_T: torch.Tensor, counts_B: torch
                 kl = aggregate(kl_penalty(logprobs, ref_logprobs_B_L[idx], lcfg.kl_estimator), mask, lcfg.aggregation,
                                max_tokens, counts)
                 loss = loss + lcfg.kl_coef * kl
-                logs["kl_ref"].append(kl.item())
+            # Every term is a mean over this process's part of the minibatch; the processes'
+            # gradients are averaged, so each term is scaled by the process's share of the whole.
+            scale = procs.share(weight * aggregate_weight(mask, lcfg.aggregation, counts))
+            if scale != 1.0:
+                loss = loss * scale
+            if lcfg.kl_coef:
+                logs["kl_ref"].append(procs.mean(kl.item() * scale))
             if demos is not None and lcfg.sft_coef:
                 with autocast_to(device, autocast):
                     nll = sft_losses(model, demos)[0]
                 loss = loss + lcfg.sft_coef * nll
-                logs["demo_nll"].append(nll.item())
+                logs["demo_nll"].append(procs.mean(nll.item()))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            procs.backward(loss)
             params = [p for p in model.parameters() if p.requires_grad]
-            if not is_finite_step(loss, params):  # one NaN applied by AdamW would corrupt every weight
+            finite = is_finite_step(loss, params)  # one NaN applied by AdamW would corrupt every weight
+            if procs.n > 1:  # every process takes the step, or none does
+                finite = procs.max([not finite])[0] == 0
+            if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 logs["skipped"].append(1.0)
                 continue
-            logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, ocfg.max_grad_norm)))
+            logs["grad_norm"].append(procs.clip_grad_norm(params, ocfg.max_grad_norm))
             optimizer.step()
-            logs["loss"].append(loss.item())
-            logs["entropy"].append(entropy_mean.item())
+            logs["loss"].append(procs.mean(loss.item()))
+            logs["entropy"].append(procs.mean(entropy_mean.item() * scale))
             for k, v in m.items():
-                logs[k].append(v)
+                logs[k].append(procs.weighted_mean(v, tokens, maximum=k.endswith("_max")))
     model.eval()
     out = {k: max(v) if k.endswith("_max") else sum(v) / len(v) for k, v in logs.items() if k != "skipped"}
     out["skipped_steps"] = float(sum(logs["skipped"]))

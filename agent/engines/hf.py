@@ -18,6 +18,7 @@ cache compaction all work on one batch's state; the KV store across turns is
 from __future__ import annotations
 
 import inspect
+import secrets
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from agent.engines.base import Generation, SamplingParams
 from agent.engines.prefix_cache import PrefixStore, RowKV, extract_rows, prefixed_inputs
+from agent.engines.sampling import row_keys, sample_next
 
 # Compact the batch (drop finished rows from the KV cache) once this fraction of its rows is
 # idle. Compaction copies the cache once, about what one decode step's concatenation costs.
@@ -39,46 +41,6 @@ STOP_WINDOW_SLACK = 4
 # default's rollouts a third of a single call's positions were padding.
 PREFILL_MAX_BUCKETS = 4
 PREFILL_MIN_SAVING = 0.1
-
-
-def sample_next(
-    logits_B_V: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one id per row; returns (ids_B, logprobs_B) with logprobs in fp32.
-
-    The logprob is log_softmax(logits / T) at the sampled id (T = 1 for greedy), computed
-    before top-k / top-p truncation, so it is exactly what the trainer recomputes.
-    """
-    logits_B_V = logits_B_V.float()
-    if params.greedy:
-        ids_B = logits_B_V.argmax(dim=-1)
-        scaled_B_V = logits_B_V
-    else:
-        scaled_B_V = logits_B_V / params.temperature if params.temperature != 1.0 else logits_B_V
-        ids_B = _sample_truncated(scaled_B_V, params.top_k, params.top_p, generator)
-    logprobs_B = scaled_B_V.gather(1, ids_B[:, None]).squeeze(1) - torch.logsumexp(scaled_B_V, dim=-1)
-    return ids_B, logprobs_B
-
-
-def _sample_truncated(
-    scaled_B_V: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Draw from softmax(scaled) restricted to the top-k, then the top-p nucleus."""
-    vocab = scaled_B_V.shape[-1]
-    if top_k <= 0 and top_p >= 1.0:
-        probs_B_V = torch.softmax(scaled_B_V, dim=-1)
-        return torch.multinomial(probs_B_V, 1, generator=generator).squeeze(1)
-    if 0 < top_k < vocab:
-        vals_B_K, idx_B_K = scaled_B_V.topk(top_k, dim=-1)  # sorted, largest first
-    else:
-        vals_B_K, idx_B_K = scaled_B_V.sort(dim=-1, descending=True)
-    if top_p < 1.0:
-        probs_B_K = torch.softmax(vals_B_K, dim=-1)
-        mass_before_B_K = probs_B_K.cumsum(dim=-1) - probs_B_K
-        # Keep the smallest prefix whose mass reaches top_p; the first id always stays.
-        vals_B_K = vals_B_K.masked_fill(mass_before_B_K >= top_p, float("-inf"))
-    choice_B_1 = torch.multinomial(torch.softmax(vals_B_K, dim=-1), 1, generator=generator)
-    return idx_B_K.gather(1, choice_B_1).squeeze(1)
 
 
 def left_pad(
@@ -154,11 +116,9 @@ class HFEngine:
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token id")
-        generator = torch.Generator(device=self.device)
-        if params.seed is None:
-            generator.seed()  # fresh entropy, without touching the global RNG
-        else:
-            generator.manual_seed(params.seed)
+        # Each row samples from its own key: the same ids whatever else is in the batch (`sampling.py`).
+        seed = params.seed if params.seed is not None else secrets.randbits(62)  # fresh entropy, global RNG untouched
+        keys = row_keys(prompts, seed)
         chunk = self.max_batch_size or len(prompts)
         was_training = self.model.training
         self.model.eval()
@@ -167,7 +127,8 @@ class HFEngine:
                 lookup = self._prefix.begin_call() if self._prefix is not None else None
                 out: list[Generation] = []
                 for start in range(0, len(prompts), chunk):
-                    out.extend(self._generate_batch(prompts[start : start + chunk], params, generator, lookup))
+                    out.extend(self._generate_batch(prompts[start : start + chunk], params, keys[start : start + chunk],
+                                                    lookup))
                 return out
         finally:
             self.model.train(was_training)
@@ -204,7 +165,7 @@ class HFEngine:
 
     # -- the decode loop -------------------------------------------------------------------
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator,
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, keys: list[int],
                         lookup=None) -> list[Generation]:
         n_rows = len(prompts)
         logits_B_V, cache, mask_B_S, next_pos_B = self._prefill(prompts, lookup)
@@ -215,11 +176,12 @@ class HFEngine:
         logprobs_R_T = torch.zeros(n_rows, params.max_new_tokens, dtype=torch.float32, device=self.device)
         rows = list(range(n_rows))  # batch position -> output row
         rows_t = torch.arange(n_rows, device=self.device)
+        keys_B = torch.tensor(keys, dtype=torch.long, device=self.device)
         stop_ids = self.eos_ids | frozenset(params.stop_token_ids)
         window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + STOP_WINDOW_SLACK
 
         for step in range(params.max_new_tokens):
-            ids_B, logprobs_B = sample_next(logits_B_V, params, generator)
+            ids_B, logprobs_B = sample_next(logits_B_V, params, keys_B, step)
             logprobs_R_T[rows_t, step] = logprobs_B
             for row, token in zip(rows, ids_B.tolist()):  # the one host sync of the step
                 if finish[row] is not None:
@@ -239,7 +201,7 @@ class HFEngine:
                 keep = [j for j, row in enumerate(rows) if finish[row] is None]
                 keep_t = torch.tensor(keep, device=self.device)
                 rows = [rows[j] for j in keep]
-                rows_t, ids_B, next_pos_B = rows_t[keep_t], ids_B[keep_t], next_pos_B[keep_t]
+                rows_t, ids_B, next_pos_B, keys_B = rows_t[keep_t], ids_B[keep_t], next_pos_B[keep_t], keys_B[keep_t]
                 mask_B_S = _compact_cache(cache, keep_t, mask_B_S)
             if mask_B_S is not None:
                 mask_B_S = torch.cat([mask_B_S, mask_B_S.new_ones(len(rows), 1)], dim=1)
