@@ -11,7 +11,7 @@ STAMP    = $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-vllm bench docs clean
+.PHONY: install demo test test-slow test-vllm test-gpu gpu-wheels bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,19 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm
+
+# GPU checks, on a machine with CUDA and its own torch (no venv, no network): the system python,
+# with the packages its image lacks installed from ./.whl when that folder exists (`make gpu-wheels`
+# fills it where pip can download). Prints one table of what ran, what was skipped and why.
+GPU_WHEELS = datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 bm25s==0.3.16
+test-gpu:
+	@if [ -d .whl ]; then $(PY) -m pip install -q --no-index --no-deps --no-compile --target /tmp/searchrl-site .whl/*.whl; fi
+	PYTHONPATH=/tmp/searchrl-site:$$PYTHONPATH HF_HUB_OFFLINE=1 $(PY) -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 bench: $(STAMP)
 	$(BIN)/python -m eval.bench.retrieval

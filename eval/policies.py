@@ -61,13 +61,13 @@ def build_model(spec: str, data: Path, *, model_name: str | None = None, tokeniz
         except ValueError as error:
             raise SystemExit(str(error)) from None
         return engine, engine.tokenizer
-    if spec == "tiny":
-        from train.tiny import tiny_policy_dir
+    from train.tiny import is_embedded, tiny_policy_dir
 
-        spec = str(tiny_policy_dir(world_dir(data)))
-        if not Path(spec).exists():
-            raise SystemExit(f"no tiny policy at {spec}: build it with `python train/sft.py --data {data}` "
-                             "(or run `python train/grpo.py`, which builds it)")
+    if is_embedded(spec):
+        path = tiny_policy_dir(world_dir(data), spec)
+        if not path.exists():
+            raise SystemExit(f"no {spec} policy at {path}: `python train/grpo.py --model {spec} --data {data}` builds it")
+        spec = str(path)
     from agent.engines.hf import HFEngine
     from train.hardware import pick_device
 

@@ -44,14 +44,18 @@ def _open_uncached(index, *, corpus, use_gpu, rrf_k, timeout):
 
     from retrieval.bm25 import BM25Retriever
     from retrieval.corpus import load_corpus
-    from retrieval.dense import DenseRetriever
+
+    def dense(path):  # faiss is imported only for dense indexes
+        from retrieval.dense import DenseRetriever
+
+        return DenseRetriever.load(path, corpus, use_gpu=use_gpu)
 
     if corpus is not None and not hasattr(corpus, "fingerprint"):
         corpus = load_corpus(corpus)  # a path was given
     # A component directory (dense/ or bm25/) opens on its own too.
     if not (directory / INDEX_META).exists():
         if (directory / "dense.json").exists():
-            return DenseRetriever.load(directory, corpus, use_gpu=use_gpu)
+            return dense(directory)
         if (directory / "bm25.json").exists():
             return BM25Retriever.load(directory, corpus)
         raise ValueError(f"{directory}: not a retrieval index (no {INDEX_META}, dense.json or bm25.json); "
@@ -62,10 +66,9 @@ def _open_uncached(index, *, corpus, use_gpu, rrf_k, timeout):
     check_same_corpus(meta, corpus, directory)
     method = meta["method"]
     if method == "dense":
-        return DenseRetriever.load(directory / "dense", corpus, use_gpu=use_gpu)
+        return dense(directory / "dense")
     if method == "bm25":
         return BM25Retriever.load(directory / "bm25", corpus)
     from retrieval.hybrid import HybridRetriever
 
-    return HybridRetriever(DenseRetriever.load(directory / "dense", corpus, use_gpu=use_gpu),
-                           BM25Retriever.load(directory / "bm25", corpus), rrf_k=rrf_k)
+    return HybridRetriever(dense(directory / "dense"), BM25Retriever.load(directory / "bm25", corpus), rrf_k=rrf_k)

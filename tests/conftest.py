@@ -36,3 +36,25 @@ def tiny_model_dir(tiny_tokenizer, tmp_path_factory):
     cfg = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, max_positions=512)
     model = build_model(tiny_tokenizer, cfg, seed=0)
     return save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_model"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After `make test-gpu` (tests marked gpu), one table: what ran, what was skipped and why,
+    and what each test measured (step time, tokens/s, ...)."""
+    reports = [r for key in ("passed", "failed", "skipped") for r in terminalreporter.stats.get(key, [])
+               if "test_gpu.py" in r.nodeid and r.when in ("call", "setup") and not (r.when == "setup" and r.passed)]
+    if not reports:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="GPU checks")
+    for column in ("check", "outcome", "measured / why skipped"):
+        table.add_column(column)
+    for r in reports:
+        if r.skipped:
+            detail = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+        else:
+            detail = " · ".join(f"{k} {v}" for k, v in r.user_properties) or ("" if r.passed else r.longreprtext[-200:])
+        table.add_row(r.nodeid.split("::")[-1].removeprefix("test_"), r.outcome, detail)
+    Console().print(table)

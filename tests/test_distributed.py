@@ -77,7 +77,8 @@ def test_two_processes_train_as_one_write_once_and_resume(setup, tiny_model_dir)
 
 def test_a_step_must_split_evenly_among_the_processes():
     from train.distributed import Processes
-    from train.grpo import GRPOConfig, check_shares
+    from train.grpo import GRPOConfig
+    from train.questions import check_shares
 
     two = Processes()
     two.n = 2

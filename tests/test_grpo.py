@@ -9,7 +9,8 @@ import torch
 from agent.traces import read_traces
 from fakes import world_with_index
 from agent.rollout import RolloutConfig
-from train.grpo import main, next_questions
+from train.grpo import main
+from train.questions import next_questions
 
 
 @pytest.fixture(scope="module")

@@ -62,3 +62,20 @@ def test_model_directory_loads_with_auto_classes_and_same_ids(world, tmp_path):
     # transformers rebuilds a Qwen2 directory's pre-tokenizer: the digit pairs must survive it.
     assert loaded(sample)["input_ids"] == tok(sample)["input_ids"]
     assert loaded.convert_ids_to_tokens(loaded(" 1652.")["input_ids"]) == ["Ġ", "16", "52", "."]
+
+
+def test_the_larger_embedded_default_is_built_by_the_same_recipe_at_its_size(tmp_path, monkeypatch):
+    import train.sft
+    from train.prepare import ensure_tiny_policy
+    from train.tiny import is_embedded, tiny_policy_dir
+
+    built = []
+    monkeypatch.setattr(train.sft, "run", lambda cfg: built.append(cfg))
+    for model in ("tiny", "tiny-large"):
+        ensure_tiny_policy(tmp_path / "world", tmp_path / "index", model)
+    assert [(c.tiny_hidden_size, c.tiny_layers, c.model) for c in built] == [(256, 4, "tiny"), (512, 8, "tiny")]
+    assert [c.output_dir for c in built] == [str(tiny_policy_dir(tmp_path / "world", m)) for m in ("tiny", "tiny-large")]
+    assert tiny_policy_dir("d").name == "policy-sft" and tiny_policy_dir("d", "tiny-large").name == "policy-sft-large"
+    assert is_embedded("tiny-large") and not is_embedded("Qwen/Qwen2.5-0.5B")
+    with pytest.raises(ValueError, match="'tiny-xl' is not an embedded default"):
+        tiny_policy_dir("d", "tiny-xl")

@@ -1,7 +1,8 @@
 """The processes of a run, through `accelerate`: one, or N under `accelerate launch`.
 
-    accelerate launch --multi_gpu --num_processes 2 train/grpo.py ...   # also on CPUs (gloo)
-    accelerate launch --config_file train/accelerate/fsdp.yaml train/grpo.py ...
+    accelerate launch --multi_gpu --num_processes 8 train/grpo.py ...           # every GPU of a machine
+    accelerate launch --config_file train/accelerate/multi_gpu.yaml train/grpo.py ...
+    accelerate launch --multi_gpu --num_processes 2 train/grpo.py --device cpu  # CPUs (gloo)
 
 Data parallel: every process rolls out its share of a step's questions (whole GRPO groups),
 trains on its own rows, and the gradients are all-reduced by the engine accelerate wraps
@@ -9,6 +10,9 @@ the model in (DDP, FSDP, DeepSpeed); nothing here launches processes or reduces 
 hand. What the step needs besides is in `Processes`: sums and maxima of a few numbers (so a
 token mean is the mean over every process's tokens), objects gathered for the logs, and the
 main process that writes them.
+
+FSDP and DeepSpeed ZeRO-3 shard the weights over the processes; rollouts here sample from
+whole weights in each process, so those runs are refused at start-up rather than run wrong.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -44,16 +43,18 @@ from agent.types import Example, TrajectoryGroup
 from rewards.base import set_step
 from train.advantages import AdvantageConfig
 from train.averaging import WeightAverage
+from train.batching import LogprobsForward
 from train.checkpoint import RunState, latest_checkpoint, resume_run, save_atomic, save_checkpoint
 from train.config import doc, parse_config, section
-from train.batching import LogprobsForward
 from train.demos import StepDemos, progress_bar
 from train.distributed import ONE, Processes
+from train.hardware import machine, pick_device
 from train.loss import LossConfig
 from train.metrics_log import Trackers, append_jsonl, plot_curves
-from train.hardware import machine, pick_device
 from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
                           training_attention)
+from train.questions import check_shares, load_questions, next_questions
+from train.tiny import is_embedded, tiny_policy_dir
 from train.update import Advantages, OptimConfig, advantages_for, group_stats, lr_scheduler, make_optimizer, policy_update
 
 console = Console(stderr=True)
@@ -109,7 +110,7 @@ class GRPOConfig:
                              f"own corpus (got train_data={self.train_data!r}, train_index={self.train_index!r})")
         # Defaults that depend on another section, derived once here.
         if self.rollout.passages_per_search is None:  # the tiny policy's warm start read 2 passages a search
-            self.rollout.passages_per_search = 2 if self.policy.model == "tiny" else 3
+            self.rollout.passages_per_search = 2 if is_embedded(self.policy.model) else 3
         if self.loss.tis_cap is None:
             self.loss.tis_cap = 2.0 if self.policy.rollout_engine == "vllm" else 0.0
 
@@ -160,7 +161,7 @@ def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path
                          device=device)
     engine = HFEngine(policy.model, policy.tokenizer)
     sampler = make_sampler(cfg.policy, policy, precision, model_path, engine, cfg.seed)
-    attention = training_attention(tiny=cfg.policy.model == "tiny")  # after the sampler took its copy
+    attention = training_attention(tiny=is_embedded(cfg.policy.model))  # after the sampler took its copy
     if attention:
         policy.model.set_attn_implementation(attention)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
@@ -181,6 +182,8 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
     rollout = Rollout(t.sampler, t.retriever, cfg.rollout, t.policy.tokenizer)
     groups = rollout.groups(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:",
                             seed=cfg.seed * 100_003 + step)
+    if hasattr(t.sampler, "sleep"):  # vLLM on a GPU gives the trainer its memory back
+        t.sampler.sleep()
     t1 = time.perf_counter()
     set_step([t.reward], step)  # rewards that anneal (Trust-GRPO's weight) follow the updates done
     trajectories = [traj for g in groups for traj in g.trajectories]
@@ -225,37 +228,6 @@ def pick_groups(groups: list[TrajectoryGroup], n: int) -> list[TrajectoryGroup]:
 
 
 # -- around the steps ---------------------------------------------------------------------------
-
-
-def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[list, dict]:
-    """The next `n` questions of a per-epoch seeded shuffle; the cursor is checkpointed."""
-    epoch, pos = cursor["epoch"], cursor["pos"]
-    out = []
-    while len(out) < n:
-        order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        take = order[pos : pos + n - len(out)]
-        out += [examples[i] for i in take]
-        pos += len(take)
-        if pos >= len(examples):
-            epoch, pos = epoch + 1, 0
-    return out, {"epoch": epoch, "pos": pos}
-
-
-def load_questions(cfg: GRPOConfig) -> tuple[list, list, list]:
-    """(train, dev, test) questions; train questions of another dataset leave out any that names
-    one of `data`'s dev/test entities (a chance collision of generated names)."""
-    from agent.data.qa import load_qa
-    from train.demos import examples_without_names, held_out_names
-
-    train = load_qa(cfg.train_data or cfg.data, "train")
-    if cfg.train_data:
-        train = examples_without_names(train, held_out_names(cfg.data))
-        if not train:
-            raise ValueError(f"no train question left: every one names a dev/test entity of {cfg.data}")
-    dev = load_qa(cfg.data, "dev")[: cfg.eval_questions]
-    test = load_qa(cfg.data, "test")[: cfg.test_questions] if cfg.test_questions else []
-    return train, dev, test
 
 
 def evaluate_greedy(engine, retriever, examples, rcfg: RolloutConfig, name: str, progress=None) -> dict:
@@ -305,14 +277,13 @@ def main(argv=None) -> dict:
     # -- setup: the embedded default (built once, then cached), questions, retrievers, trainer ----
     from retrieval import open_retriever
     from train.prepare import ensure_default
-    from train.tiny import tiny_policy_dir
 
     model_path = cfg.policy.model
-    if model_path == "tiny":
+    if is_embedded(model_path):
         if procs.is_main:
-            ensure_default(cfg.data, cfg.index, eval_questions=0)  # a run evaluates dev itself
+            ensure_default(cfg.data, cfg.index, model_path, eval_questions=0)  # a run evaluates dev itself
         procs.wait()
-        model_path = str(tiny_policy_dir(cfg.data))
+        model_path = str(tiny_policy_dir(cfg.data, model_path))
     n_rolled = check_shares(cfg, procs)
     train_set, dev_set, test_set = load_questions(cfg)
     retriever = open_retriever(cfg.index)  # dev and test
@@ -358,15 +329,6 @@ def main(argv=None) -> dict:
                                     extra={"average": t.average.state_dict()})
             procs.wait()
     return finish(t, state, out, retriever, test_set)
-
-
-def check_shares(cfg: GRPOConfig, procs: Processes) -> int:
-    """Questions rolled out a step; each process takes an equal share of them, whole groups."""
-    n_rolled = math.ceil(cfg.questions_per_step * cfg.oversample)
-    if cfg.questions_per_step % procs.n or n_rolled % procs.n:
-        raise ValueError(f"questions_per_step ({cfg.questions_per_step}) and the questions rolled out a step "
-                         f"({n_rolled}, with oversample {cfg.oversample}) must divide evenly among {procs.n} processes")
-    return n_rolled
 
 
 def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) -> dict:

@@ -31,8 +31,8 @@ ROLLOUT_ENGINES = ("hf", "vllm")
 class PolicyConfig:
     """The trained model, how it computes, and the engine that samples its rollouts."""
 
-    model: str = doc("'tiny' (the embedded default, built and cached on first use) or a Hugging Face model "
-                     "directory / hub id", "tiny")
+    model: str = doc("tiny (the embedded default, 3.5M parameters, built and cached on first use) | tiny-large "
+                     "(the same recipe at 25M parameters, for a GPU) | a Hugging Face model directory or hub id", "tiny")
     lora_r: int = doc("LoRA rank (0 = full fine-tuning); with LoRA the reference is the model with its adapter "
                       "off, so no second copy is held", 0)
     precision: str = doc(
@@ -130,7 +130,10 @@ def make_sampler(pcfg: PolicyConfig, policy: Policy, precision: Precision, model
     """The engine rollouts sample from: `engine` itself (an `HFEngine` over the trained model),
     an `HFEngine` over its `precision.sampler` copy, or a `VLLMEngine` built from
     `model_path` and loaded with the trained weights (a resumed run's, LoRA merged). Either
-    copy is synced with `update_weights(sampler_weights(policy))` after every update."""
+    copy is synced with `update_weights(sampler_weights(policy))` after every update. On a GPU
+    the vLLM engine sleeps while the trainer updates (its weights offloaded, its KV cache
+    freed); with several processes, each owns one engine on its own GPU, since each rolls out
+    its own share of the questions from the same synced weights."""
     from agent.engines.hf import HFEngine
 
     if pcfg.rollout_engine == "hf":
@@ -139,8 +142,9 @@ def make_sampler(pcfg: PolicyConfig, policy: Policy, precision: Precision, model
     from agent.engines.vllm import VLLMEngine
 
     weight = next(policy.model.parameters())
+    on_gpu = weight.device.type == "cuda"  # each process owns an engine on its own GPU, beside its trainer
     vllm_engine = VLLMEngine(str(model_path), dtype=str(weight.dtype).removeprefix("torch."), seed=seed,
-                             enforce_eager=weight.device.type != "cuda",
+                             enforce_eager=not on_gpu, sleep_mode=on_gpu,
                              gpu_memory_utilization=pcfg.vllm_gpu_memory_utilization)
     vllm_engine.update_weights(sampler_weights(policy))
     return vllm_engine

@@ -167,6 +167,21 @@ def tokenizer_for_world(world_dir: str | Path, vocab_size: int = 2048, cache_dir
     return AutoTokenizer.from_pretrained(cache)
 
 
-def tiny_policy_dir(data_dir: str | Path) -> Path:
-    """Where the warm-started tiny policy of a world lives: DATA/tiny/policy-sft."""
-    return Path(data_dir) / "tiny" / "policy-sft"
+# The embedded defaults, by the name `--model` takes: (width, transformer blocks). `tiny` (3.5M
+# parameters) is the CPU default; `tiny-large` (25M) is sized for a GPU, where its build and
+# 160 GRPO steps should take about 10 minutes (an estimate: docs/benchmarks.md). Both are built
+# by the same code.
+EMBEDDED = {"tiny": (256, 4), "tiny-large": (512, 8)}
+
+
+def is_embedded(model: str) -> bool:
+    """Whether `model` names an embedded default rather than a model directory or hub id."""
+    return model in EMBEDDED
+
+
+def tiny_policy_dir(data_dir: str | Path, model: str = "tiny") -> Path:
+    """Where the warm-started embedded policy `model` of a world lives: DATA/tiny/policy-sft
+    (and policy-sft-large for tiny-large)."""
+    if not is_embedded(model):
+        raise ValueError(f"{model!r} is not an embedded default; expected one of {sorted(EMBEDDED)}")
+    return Path(data_dir) / "tiny" / ("policy-sft" + model.removeprefix("tiny"))

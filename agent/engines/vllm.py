@@ -49,6 +49,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         max_model_len: int | None = None,
         seed: int = 0,
+        sleep_mode: bool = False,
         **llm_kwargs,
     ):
         vllm = _import_vllm()
@@ -65,8 +66,11 @@ class VLLMEngine:
             max_model_len=max_model_len,
             seed=seed,
             logprobs_mode="processed_logprobs",
+            **({"enable_sleep_mode": True} if sleep_mode else {}),
             **llm_kwargs,
         )
+        self.sleep_mode = sleep_mode
+        self._asleep: set[str] = set()  # what `sleep` released: weights, kv_cache
         # The same tokenizer files vLLM loaded; the rollout encodes injected text with it.
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._warned_truncation = False
@@ -84,13 +88,32 @@ class VLLMEngine:
             self._warned_truncation = True
         from vllm.inputs import TokensPrompt
 
-        # One SamplingParams per prompt: a shared seed would give identical prompts (a GRPO
-        # group) identical samples, since vLLM seeds each request's generator separately.
-        sampling = [self._sampling_params(params, i) for i in range(len(prompts))]
+        from agent.engines.sampling import row_keys
+
+        self._wake()
+        # One SamplingParams per prompt, seeded by the row's key (the seed, the prompt's ids and
+        # its occurrence among identical prompts): a GRPO group's samples differ, and a row
+        # samples alike whatever else the call holds (a step split over processes).
+        keys = row_keys(prompts, params.seed) if params.seed is not None else [None] * len(prompts)
+        sampling = [self._sampling_params(params, key) for key in keys]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling, use_tqdm=False)
         return [self._generation(out.outputs[0]) for out in outputs]
 
-    def _sampling_params(self, params: SamplingParams, index: int):
+    def sleep(self) -> None:
+        """Release the GPU memory vLLM holds (weights offloaded to the CPU, the KV cache dropped)
+        while the trainer updates; `update_weights` and `generate` wake what they need. Only
+        with `sleep_mode` (vLLM's sleep mode is CUDA-only); otherwise nothing."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
+
+    def _wake(self, tags: set[str] | None = None) -> None:
+        tags = self._asleep & (tags or self._asleep)
+        if tags:
+            self.llm.wake_up(tags=sorted(tags))
+            self._asleep -= tags
+
+    def _sampling_params(self, params: SamplingParams, seed: int | None):
         return self._vllm.SamplingParams(
             n=1,
             temperature=params.temperature,
@@ -100,7 +123,7 @@ class VLLMEngine:
             stop=list(params.stop_strings) or None,
             stop_token_ids=list(params.stop_token_ids) or None,
             include_stop_str_in_output=True,
-            seed=None if params.seed is None else params.seed + index,
+            seed=seed,
             logprobs=0,  # only the sampled token's logprob
             skip_special_tokens=False,  # stop strings may span protocol tags
             spaces_between_special_tokens=False,  # decode like the tokenizer itself does
@@ -134,6 +157,7 @@ class VLLMEngine:
         directory (in /dev/shm when present) that the workers reload from. Multi-GPU setups
         that sync large models every step want vLLM's NCCL weight transfer instead.
         """
+        self._wake({"weights"})  # the KV cache may sleep on until the next generate
         if isinstance(weights, (str, os.PathLike)):
             named = _read_checkpoint(weights)
         else:

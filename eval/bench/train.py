@@ -36,8 +36,10 @@ def main(argv=None) -> dict:
     from agent.traces import trajectory_record
     from retrieval import open_retriever
     from train.config import parse_config
-    from train.grpo import GRPOConfig, build_trainer, load_questions, next_questions, train_step
+    from train.grpo import GRPOConfig, build_trainer, train_step
+    from train.questions import load_questions, next_questions
     from train.prepare import ensure_default
+    from train.tiny import is_embedded
 
     argv = list(sys.argv[1:] if argv is None else argv)
     steps = 3
@@ -47,8 +49,8 @@ def main(argv=None) -> dict:
         del argv[at : at + 2]
     cfg = parse_config(GRPOConfig, argv)
     model_path = cfg.policy.model
-    if model_path == "tiny":
-        model_path = str(ensure_default(cfg.data, cfg.index, eval_questions=0)[2])
+    if is_embedded(model_path):
+        model_path = str(ensure_default(cfg.data, cfg.index, model_path, eval_questions=0)[2])
     train_set = load_questions(cfg)[0]
     trainer = build_trainer(cfg, model_path, Timed(open_retriever(cfg.train_index or cfg.index), "search"))
     sampler, retriever = Timed(trainer.sampler, "generate"), trainer.retriever
