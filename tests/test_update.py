@@ -176,13 +176,13 @@ def test_truncated_importance_sampling_weights_tokens_by_the_trainer_over_sample
 
 
 def test_minibatches_split_a_pass_evenly():
-    from train.update import even_minibatches
+    from train.update import minibatch_count
 
-    sizes = lambda n, k: [len(mb) for mb in even_minibatches(torch.arange(n), k)]  # noqa: E731
-    assert sizes(83, 64) == [42, 41] and sizes(128, 64) == [64, 64] and sizes(5, 128) == [5] and sizes(0, 8) == []
-    assert torch.equal(torch.cat(even_minibatches(torch.tensor([4, 2, 0, 3, 1]), 2)), torch.tensor([4, 2, 0, 3, 1]))
+    sizes = lambda n, k: [len(mb) for mb in torch.tensor_split(torch.arange(n), minibatch_count(n, k))]  # noqa: E731
+    assert sizes(83, 64) == [42, 41] and sizes(128, 64) == [64, 64] and sizes(5, 128) == [5]
+    assert minibatch_count(0, 8) == 0
     with pytest.raises(ValueError, match="minibatch_rows must be >= 1"):
-        even_minibatches(torch.arange(3), 0)
+        minibatch_count(3, 0)
 
 
 def test_the_policy_gradient_on_forking_tokens_only_is_the_update_with_the_rest_of_the_advantages_zeroed(tiny_model_dir):

@@ -163,7 +163,7 @@ def train_rows(policy, batch: TokenBatch, adv_B_T: torch.Tensor, counts_B: torch
     # ratio is taken against the trainer's own logprobs before this step, and each token is
     # weighted by min(pi_trainer / pi_sampler, cap). With one pass of one minibatch those are
     # the first forward's own values, detached (the weights have not moved yet): no extra pass.
-    n_minibatches = int(procs.max([math.ceil(len(counts_B) / ocfg.minibatch_rows)])[0])  # alike on every process
+    n_minibatches = int(procs.max([minibatch_count(len(counts_B), ocfg.minibatch_rows)])[0])  # alike on every process
     tis_cap, trainer_old_B_L = lcfg.tis_cap, None
     if tis_cap and len(counts_B) and (ocfg.updates_per_batch > 1 or n_minibatches > 1):
         with torch.no_grad(), autocast_to(device, autocast):
@@ -239,13 +239,13 @@ def train_rows(policy, batch: TokenBatch, adv_B_T: torch.Tensor, counts_B: torch
     return out
 
 
-def even_minibatches(perm_B: torch.Tensor, max_rows: int) -> tuple[torch.Tensor, ...]:
-    """`perm_B` in as few minibatches of at most `max_rows` as it takes, sized alike (83
-    rows at 64 make 42 + 41, not 64 + 19): each minibatch's loss is a mean, so a small
-    remainder would take a full optimizer step on a few rows' noise."""
+def minibatch_count(rows: int, max_rows: int) -> int:
+    """As few minibatches of at most `max_rows` as `rows` take; `torch.tensor_split` then sizes
+    them alike (83 rows at 64 make 42 + 41, not 64 + 19): each minibatch's loss is a mean, so
+    a small remainder would take a full optimizer step on a few rows' noise."""
     if max_rows < 1:
         raise ValueError(f"minibatch_rows must be >= 1, got {max_rows}")
-    return torch.tensor_split(perm_B, math.ceil(len(perm_B) / max_rows)) if len(perm_B) else ()
+    return math.ceil(rows / max_rows)
 
 
 def sampler_stats(sampler_B_T: torch.Tensor, trainer_B_T: torch.Tensor, weights_B_T: torch.Tensor,
