@@ -68,6 +68,11 @@ OBSERVATION_CLOSE = "</information>\n\n"
 NO_RESULTS = "No results."
 
 
+def user_message(text: str) -> str:
+    """A person's message injected into a conversation forked in the debugger or `eval.chat`."""
+    return f"\n\nUser: {text.strip()}\n\n"
+
+
 def corrective_message(error: str) -> str:
     return (
         f"\n\nInvalid action ({error}). Take exactly one action: <search> query </search>, "

@@ -10,16 +10,22 @@ A `<judge>not useful</judge>` right after an observation removes that observatio
 the context of every later turn (ReSeek). The trajectory then starts a new `Segment` whose
 context is the edited one, so the trainer scores each token against the context the
 policy actually saw when it produced it.
+
+`continue_from` / `stream_from` go on from a fork of a finished trajectory: its tokens up to
+the fork's step as they were, then a person's edit (injected, loss mask 0), then the same
+loop (`agent/fork.py` says which edits there are and where each one cuts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from retrieval.types import Passage, Retriever
 
-from agent.actions import NOT_USEFUL, STOP_TAGS, parse_action
+from agent.actions import NOT_USEFUL, STOP_TAGS, format_action, parse_action
 from agent.engines.base import Engine, SamplingParams
+from agent.fork import Fork, prefix_for
 from agent.prompts import (
     NO_RESULTS,
     OBSERVATION_CLOSE,
@@ -27,6 +33,7 @@ from agent.prompts import (
     corrective_message,
     passage_header,
     render_prompt_ids,
+    user_message,
 )
 from agent.types import Example, Segment, Step, Trajectory, TrajectoryGroup
 
@@ -152,20 +159,76 @@ class Rollout:
         if self.cfg.passages_per_search is None:
             raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
         runs = self._start(examples, group_size, policy_version, group_prefix)
-        for turn in range(self.cfg.max_turns):
-            active = [r for r in runs if not r.done]
-            if not active:
-                break
-            self._turn(active, self.sampling_params(turn, seed))
-        for run in runs:
-            if not run.done:
-                run.finish("max_turns")
+        for _ in self._loop(runs, seed):
+            pass
         return [run.traj for run in runs]
 
     def groups(self, examples: list[Example], group_size: int, **kwargs) -> list[TrajectoryGroup]:
         """`group_size` samples of every example, as one `TrajectoryGroup` per example."""
         trajectories = self(examples, group_size, **kwargs)
         return TrajectoryGroup.of(trajectories, [ex for ex in examples for _ in range(group_size)])
+
+    def continue_from(self, forks: list[tuple[Trajectory, Example, Fork]], *, seed: int | None = None) -> list[Trajectory]:
+        """Each (trajectory, its example, a fork of it) continued after the fork's edit; new
+        trajectories, the originals are left as they were. A fork has `max_turns` turns of its own."""
+        trajectories: list[Trajectory] = []
+        for trajectories in self.stream_from(forks, seed=seed):
+            pass
+        return trajectories
+
+    def stream_from(self, forks: list[tuple[Trajectory, Example, Fork]], *,
+                    seed: int | None = None) -> Iterator[list[Trajectory]]:
+        """`continue_from`, yielding the trajectories (the same objects, growing) once the edit is
+        applied, after every turn, and once finished."""
+        if self.cfg.passages_per_search is None:
+            raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
+        runs, searches = [], []
+        for traj, example, fork in forks:
+            prefix = prefix_for(traj, fork)
+            judged = None if prefix.judgeable_step is None else prefix.traj.steps[prefix.judgeable_step]
+            run = _Run(prefix.traj, example, invalid=prefix.invalid, judgeable=prefix.judgeable, judgeable_step=judged)
+            self._apply_edit(run, fork, searches)
+            runs.append(run)
+        if searches:
+            self._search(searches)
+        yield [run.traj for run in runs]
+        for _ in self._loop(runs, seed):
+            yield [run.traj for run in runs]
+        yield [run.traj for run in runs]
+
+    def _loop(self, runs: list[_Run], seed: int | None) -> Iterator[None]:
+        """Turns until every run is done or `max_turns` are used; yields after each turn."""
+        for turn in range(self.cfg.max_turns):
+            active = [r for r in runs if not r.done]
+            if not active:
+                break
+            self._turn(active, self.sampling_params(turn, seed))
+            yield
+        for run in runs:
+            if not run.done:
+                run.finish("max_turns")
+
+    def _apply_edit(self, run: _Run, fork: Fork, searches: list) -> None:
+        """Put a fork's edit at the end of its prefix, as injected tokens."""
+        if fork.edit == "passages":
+            step = run.traj.steps[fork.step]
+            step.passages = list(fork.passages)
+            start = len(run.segment.response_ids)
+            if self._inject(run, self._observation_ids(step.passages, None)):
+                run.judgeable, run.judgeable_step = (start, len(run.segment.response_ids)), step
+            return
+        text = user_message(fork.text) if fork.edit == "message" else (
+            format_action("search", fork.text.strip()) if fork.edit == "query" else fork.text)
+        ids = self.tokens(text)
+        room = self._room(run)
+        if len(ids) > room:
+            raise ValueError(f"fork at step {fork.step}: the {fork.edit} is {len(ids)} tokens and only {room} fit "
+                             "the rollout's token budgets")
+        if fork.edit == "message":
+            run.judgeable = run.judgeable_step = None  # a judge must directly follow its observation
+            run.segment.append(ids, sampled=False)
+            return
+        self._act(run, self._record_turn(run, ids, [], sampled=False), searches)
 
     # -- setup -------------------------------------------------------------------------
 
@@ -235,11 +298,12 @@ class Rollout:
         used = run.traj.n_response_tokens
         return min(self.cfg.max_response_tokens - used, self.cfg.max_context_tokens - run.n_visible)
 
-    def _record_turn(self, run: _Run, ids: list[int], logprobs: list[float]) -> Step:
-        """Append the sampled ids and parse them into steps (a think step, then the action)."""
+    def _record_turn(self, run: _Run, ids: list[int], logprobs: list[float], sampled: bool = True) -> Step:
+        """Append the turn's ids (sampled, or a person's edit: injected) and parse them into steps
+        (a think step, then the action)."""
         seg, seg_index = run.segment, len(run.traj.segments) - 1
         start = len(seg.response_ids)
-        seg.append(ids, sampled=True, logprobs=logprobs)
+        seg.append(ids, sampled=sampled, logprobs=logprobs if sampled else None)
         end = len(seg.response_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         action = parse_action(text, self.cfg.max_answer_chars)
