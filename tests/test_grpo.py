@@ -45,6 +45,9 @@ def test_grpo_runs_logs_and_checkpoints(setup, tiny_model_dir):
     traces = read_traces(out / "traces.jsonl")
     assert [t["step"] for t in traces] == [1] * 6 + [2] * 6
     assert all("advantage" in t and "reward" in t for t in traces)
+    trained = [t for t in traces if t["advantage"] is not None]
+    assert trained and all(len(t["step_advantages"]) == len(t["steps"]) for t in trained)
+    assert all(len(t["step_rewards"]) == len(t["steps"]) for t in traces)  # the default rewards place step values
     assert (out / "curves.png").exists()
     # the final model is the average of the weights after steps 1 and 2 (both in the last 20)
     final, w1, w2 = (weights(out / d) for d in ("final", "checkpoint-1", "checkpoint-2"))

@@ -251,3 +251,19 @@ def test_the_supervised_term_on_demonstrations_adds_its_gradient_to_the_step(tin
     for p, p0, g in zip(policy.model.parameters(), before, grads):
         torch.testing.assert_close(p.detach(), p0 - 0.1 * g)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_per_step_advantages_are_the_means_over_each_steps_sampled_tokens():
+    from agent.types import Segment, Step, Trajectory
+    from train.batching import collate_segments
+
+    # two segments (a drop after step 1); step 1's span holds an injected token
+    seg0 = Segment([5, 6], [7, 8, 9, 10], loss_mask=[1, 1, 0, 1], logprobs=[-1.0, -1.0, 0.0, -1.0])
+    seg1 = Segment([5, 6, 7], [11, 12], loss_mask=[1, 1], logprobs=[-1.0, -1.0])
+    traj = Trajectory("q", "q", 0, [seg0, seg1], [Step("search", "a", (0, 2)), Step("judge", "b", (2, 4)),
+                                                  Step("answer", "c", (0, 2), segment=1)])
+    batch = collate_segments([seg0, seg1], pad_id=0)
+    adv_B_T = torch.tensor([[0, 0, 1.0, 3.0, 0, 0.5], [0, 0, 0, -2.0, -4.0, 0]])
+    assert Advantages(batch, adv_B_T, [0.0]).per_step([traj]) == [[2.0, 0.5, -3.0]]
+    injected = Trajectory("q", "q", 0, [seg0], [Step("search", "a", (2, 3))])
+    assert Advantages(collate_segments([seg0], 0), adv_B_T[:1], [0.0]).per_step([injected]) == [[None]]

@@ -143,6 +143,7 @@ class StepResult:
     groups: list[TrajectoryGroup]  # every group rolled out by every process, scored
     trained: list[TrajectoryGroup]  # those the update trained on
     advantage: dict[int, float]  # id(trajectory) of those -> its mean advantage (for traces)
+    step_advantages: dict[int, list]  # id(trajectory) of those -> its mean advantage per step (for traces)
     advantages: Advantages  # this process's batch and advantages
 
 
@@ -203,10 +204,13 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
         t.sampler.update_weights(sampler_weights(t.policy))
     t3 = time.perf_counter()
     kept = {id(g) for g in trained}
-    parts = t.procs.gather((groups, [id(g) in kept for g in groups], adv.per_traj))  # every process's, in order
-    groups = [g for gs, _, _ in parts for g in gs]
-    trained = [g for gs, keep, _ in parts for g, k in zip(gs, keep) if k]
-    advantage = dict(zip([id(traj) for g in trained for traj in g.trajectories], [a for _, _, per in parts for a in per]))
+    per_step = adv.per_step([traj for g in trained for traj in g.trajectories])
+    parts = t.procs.gather((groups, [id(g) in kept for g in groups], adv.per_traj, per_step))  # every process's, in order
+    groups = [g for gs, _, _, _ in parts for g in gs]
+    trained = [g for gs, keep, _, _ in parts for g, k in zip(gs, keep) if k]
+    trained_ids = [id(traj) for g in trained for traj in g.trajectories]
+    advantage = dict(zip(trained_ids, [a for _, _, per, _ in parts for a in per]))
+    step_advantages = dict(zip(trained_ids, [a for *_, steps in parts for a in steps]))
     all_scores = [s for g in groups for s in g.scores]
     record = {"step": step + 1, "reward": sum(s.value for s in all_scores) / len(all_scores), **group_stats(groups),
               **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
@@ -215,7 +219,7 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
         record["groups_trained"] = len(trained)
     for part in all_scores[0].parts:  # every reward component's mean, annealed weights included
         record[f"rewards/{part}"] = sum(s.parts[part] for s in all_scores) / len(all_scores)
-    return StepResult(record, groups, trained, advantage, adv)
+    return StepResult(record, groups, trained, advantage, step_advantages, adv)
 
 
 def pick_groups(groups: list[TrajectoryGroup], n: int) -> list[TrajectoryGroup]:
@@ -252,7 +256,8 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
     advantage), its metrics line, and a line on the console."""
     record, step = result.record, result.record["step"]
     traces.write([trajectory_record(traj, g.example, tokenizer, step=step, reward=s.value, rewards=s.parts,
-                                    advantage=result.advantage.get(id(traj)))
+                                    step_rewards=s.per_step, advantage=result.advantage.get(id(traj)),
+                                    step_advantages=result.step_advantages.get(id(traj)))
                   for g in result.groups for traj, s in zip(g.trajectories, g.scores)])
     append_jsonl(out / "metrics.jsonl", [record])
     trackers.log(record, step)

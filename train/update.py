@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agent.types import TrajectoryGroup
+from agent.types import Trajectory, TrajectoryGroup
 from rewards.outcome import exact_match
 from train.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, process_advantages, scale_negatives
 from train.batching import LogprobsForward, TokenBatch, collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
@@ -70,6 +70,21 @@ class Advantages:
     batch: TokenBatch  # one row per segment, trajectory by trajectory, group by group
     adv_B_T: torch.Tensor  # (B, T) advantage on sampled tokens, 0 elsewhere
     per_traj: list[float]  # (N,) mean advantage over each trajectory's sampled tokens (for traces)
+
+    def per_step(self, trajectories: list[Trajectory]) -> list[list[float | None]]:
+        """(N,) for each of the trajectories these advantages were computed for, in order: the mean
+        advantage over each step's sampled tokens, None for a step without any (for traces)."""
+        out, row = [], 0
+        for traj in trajectories:
+            steps = []
+            for step in traj.steps:
+                b, start = row + step.segment, len(traj.segments[step.segment].context_ids)
+                cols = slice(start + step.span[0], start + step.span[1])
+                n = float(self.batch.loss_mask[b, cols].sum())
+                steps.append(round(float(self.adv_B_T[b, cols].sum()) / n, 6) if n else None)
+            out.append(steps)
+            row += len(traj.segments)
+        return out
 
 
 def advantages_for(groups: list[TrajectoryGroup], acfg: AdvantageConfig, pad_id: int) -> Advantages:
