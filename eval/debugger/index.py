@@ -56,12 +56,13 @@ class TraceIndex:
             with open(self.path, "rb") as f:
                 while self.indexed_bytes < stat.st_size and (max_bytes is None or max_bytes > 0):
                     f.seek(self.indexed_bytes)
-                    chunk = f.read(min(CHUNK_BYTES, stat.st_size - self.indexed_bytes))
+                    left = stat.st_size - self.indexed_bytes
+                    chunk = f.read(min(CHUNK_BYTES, left, CHUNK_BYTES if max_bytes is None else max_bytes))
                     end = chunk.rfind(b"\n")
                     if end < 0:
-                        if len(chunk) < CHUNK_BYTES:
+                        if len(chunk) >= left:
                             break  # a line still being written
-                        chunk = chunk + f.readline()  # one line longer than a chunk
+                        chunk = chunk + f.readline()  # the rest of a line longer than the chunk
                         end = chunk.rfind(b"\n")
                         if end < 0:
                             break

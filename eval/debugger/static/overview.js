@@ -31,7 +31,7 @@ export async function overview(main, params, state) {
     lineChart([
       { name: "reward", color: "#2f6fdf", points: curves.filter(r => r.reward !== undefined).map(r => [r.step, r.reward]) },
       { name: "EM", color: "#1f8a4c", points: curves.filter(r => r.em !== undefined).map(r => [r.step, r.em]) },
-    ], { yLabel: "step" }));
+    ]));
   const [rewardSwatch, emSwatch] = chart.querySelectorAll(".swatch");
   rewardSwatch.style.background = "#2f6fdf";
   emSwatch.style.background = "#1f8a4c";

@@ -55,7 +55,7 @@ export async function group(main, key) {
       h("span", {}, s.finish)),
     h("div", { class: "text" }, h("span", { class: "muted" }, "answer: "), h("b", {}, s.answer ?? "none")),
     h("ol", { start: 0 }, s.steps.map((st, i) => h("li", {
-      class: [i < s.parts_at ? "shared" : "", i === s.parts_at ? "parts" : "", st.dropped ? "drop" : ""].join(" ").trim() || null,
+      class: [i < s.parts_at ? "shared" : "", i === s.parts_at ? "parting" : "", st.dropped ? "drop" : ""].join(" ").trim() || null,
       title: i < s.parts_at ? "the same as another sample" : i === s.parts_at ? "parts from the others here" : null },
       h("span", { class: `k` }, st.kind), h("span", { class: "t" }, st.text),
       i === s.parts_at ? h("span", { class: "tag" }, "parts here") : null)))));
