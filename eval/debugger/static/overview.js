@@ -3,6 +3,7 @@ import { api, clear, emChip, h, lineChart, num, setCrumbs, setStatus, signed } f
 
 const PAGE = 50;
 const FILTERS = ["origin", "step", "reward_min", "reward_max", "correct", "finish", "category", "hops", "q", "sort", "desc"];
+const DEFAULTS = { origin: "run", sort: "position" };
 
 export async function overview(main, params, state) {
   const data = await api("/api/runs");
@@ -87,7 +88,7 @@ function apply(form, n) {
   const params = new URLSearchParams({ run: n });
   for (const name of FILTERS) {
     const el = form.elements[name];
-    if (el && el.value !== "") params.set(name, el.value);
+    if (el && el.value !== "" && el.value !== DEFAULTS[name]) params.set(name, el.value);
   }
   location.hash = `#/?${params}`;
 }
