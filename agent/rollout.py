@@ -163,6 +163,17 @@ class Rollout:
             pass
         return [run.traj for run in runs]
 
+    def stream(self, examples: list[Example], group_size: int = 1, *, seed: int | None = None,
+               **start) -> Iterator[list[Trajectory]]:
+        """`__call__`, yielding the trajectories (the same objects, growing) after every turn and
+        once finished: for a person watching the agent (`eval.chat`)."""
+        if self.cfg.passages_per_search is None:
+            raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
+        runs = self._start(examples, group_size, start.get("policy_version", 0), start.get("group_prefix", ""))
+        for _ in self._loop(runs, seed):
+            yield [run.traj for run in runs]
+        yield [run.traj for run in runs]
+
     def groups(self, examples: list[Example], group_size: int, **kwargs) -> list[TrajectoryGroup]:
         """`group_size` samples of every example, as one `TrajectoryGroup` per example."""
         trajectories = self(examples, group_size, **kwargs)

@@ -150,3 +150,12 @@ def test_cut_before_restores_the_judgeable_observation(original):
     prefix = cut_before(original, 1)
     assert prefix.judgeable == (original.steps[0].span[1], original.steps[1].span[0]) and prefix.judgeable_step == 0
     assert cut_before(original, 2).judgeable is None  # after a judge there is nothing left to judge
+
+
+def test_stream_of_a_fresh_rollout_ends_where_the_call_does(tiny_tokenizer):
+    script = ["<search>Velmora</search>", "<answer>Dastria</answer>"]
+    r, _ = rollout(tiny_tokenizer, script)
+    seen = [[s.kind for s in trajs[0].steps] for trajs in r.stream([EXAMPLE])]
+    assert seen == [["search"], ["search", "answer"], ["search", "answer"]]
+    streamed = list(rollout(tiny_tokenizer, script)[0].stream([EXAMPLE]))[-1][0]
+    assert streamed == rollout(tiny_tokenizer, script)[0]([EXAMPLE])[0]

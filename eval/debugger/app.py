@@ -31,17 +31,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from agent.fork import check_fork
-from agent.traces import TraceWriter, record_to_trajectory, trajectory_record
-from eval.debugger.forking import (ForkRequest, Toolbox, first_new_step, fork_record, fork_stream, rollout_config)
+from agent.traces import TraceWriter, record_to_trajectory
+from eval.debugger.forking import (ForkRequest, Toolbox, first_new_step, fork_record, fork_stream, live_cards,
+                                   next_fork_id, rollout_config)
 from eval.debugger.index import TraceIndex
-from eval.debugger.rows import Filters, select
+from eval.debugger.rows import Filters, select, trace_id
 from eval.debugger.sources import RunFiles, read_metrics, run_settings, tokenizer_source
-from eval.debugger.views import group_view, step_cards, tokens_view, trajectory_view
+from eval.debugger.views import group_view, tokens_view, trajectory_view
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024  # bytes of a request body
 PAGE_LIMIT = 200  # rows of one page of the list, at most
-GOLD_FIELDS = ("golden_answers", "support", "meta")  # what a step card marks gold by
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -257,14 +257,12 @@ def create_app(runs: list[Run], toolbox: Toolbox, *, follow: float | None = 1.0,
             sent, traj = first_new_step(fork), None
             with rollout_lock:  # one continuation at a time: engines are not shared between threads
                 for traj in fork_stream(parent, fork, engine, retriever, cfg, body.seed, policy=body.policy):
-                    cards = step_cards({**trajectory_record(traj), **{k: parent[k] for k in GOLD_FIELDS if k in parent}})
+                    cards = live_cards(traj, parent)
                     for card in cards[sent:]:
                         yield line({"event": "step", "card": card})
                     sent = max(sent, len(cards))
             with run.write_lock:
-                run.forks.refresh()
-                parent_id = trajectory_view(parent)["id"]
-                fork_id = f"{parent_id}+{len(run.forks.children.get(parent_id, [])) + 1}"
+                fork_id = next_fork_id(run.forks, trace_id(parent))
                 record = fork_record(parent, traj, fork, engine.tokenizer, fork_id=fork_id, policy=body.policy)
                 TraceWriter(run.files.forks).write([record])
                 run.forks.refresh()

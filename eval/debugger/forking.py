@@ -23,6 +23,7 @@ from agent.rollout import Rollout, RolloutConfig
 from agent.traces import record_to_trajectory, trajectory_record
 from agent.types import Passage, Trajectory
 from eval.debugger.rows import example_of, outcome, trace_id
+from eval.debugger.views import step_cards
 
 MAX_TEXT = 4000  # characters of an edited text, query or message
 MAX_PASSAGES = 10
@@ -153,6 +154,20 @@ def fork_record(parent: dict, traj: Trajectory, fork: Fork, tokenizer, *, fork_i
         record["messages"] = parent["messages"][:-1] + [record["messages"][-1]]
     record["eval"] = {k: v for k, v in outcome(record).items() if k in ("em", "f1", "category")}
     return record
+
+
+def next_fork_id(forks, parent_id: str) -> str:
+    """The id of a parent's next fork in a forks file's index: `parent+n`, n counting from 1."""
+    forks.refresh()
+    return f"{parent_id}+{len(forks.children.get(parent_id, [])) + 1}"
+
+
+GOLD_FIELDS = ("golden_answers", "support", "meta")  # what a step card marks gold and scores by
+
+
+def live_cards(traj: Trajectory, golds_from: dict) -> list[dict]:
+    """The step cards of a trajectory still being rolled out, gold marked as in `golds_from`."""
+    return step_cards({**trajectory_record(traj), **{k: golds_from[k] for k in GOLD_FIELDS if k in golds_from}})
 
 
 def first_new_step(fork: Fork) -> int:
