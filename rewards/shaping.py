@@ -18,8 +18,6 @@ import math
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
-from scipy.stats import rankdata
-
 from agent.types import Example, Trajectory
 from rewards.base import Reward, Score, check_batch, check_scores, choice, from_function, number, set_step
 from rewards.outcome import answer_em
@@ -90,6 +88,8 @@ def pairwise_auc(values: Sequence[float], correct: Sequence[bool],
         wrong = [values[i] for i in rows if not correct[i]]
         if right and wrong:
             # Mann-Whitney U from tie-averaged ranks: the pairs won, ties counting 1/2.
+            from scipy.stats import rankdata  # here: scipy.stats takes seconds to import, and most runs never get here
+
             rank_sum = float(rankdata(right + wrong)[: len(right)].sum())
             wins += rank_sum - len(right) * (len(right) + 1) / 2
             pairs += len(right) * len(wrong)
