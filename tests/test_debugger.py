@@ -25,9 +25,12 @@ def run_dir(tiny_tokenizer, tmp_path):
 
 @pytest.fixture
 def client(run_dir, tiny_tokenizer):
+    from retrieval.cache import CachedRetriever
+
     runs = build_runs(find_runs([run_dir]), str(run_dir.parent / "tokenizer"))
+    # an empty cache has length 0: a retriever must not be taken for absent because it is falsy
     toolbox = Toolbox({"scripted": ScriptedEngine(tiny_tokenizer, lambda ids, call: "<answer>Velmora</answer>")},
-                      {"fixed": FixedRetriever(PASSAGES)})
+                      {"fixed": CachedRetriever(FixedRetriever(PASSAGES), 100)})
     return TestClient(create_app(runs, toolbox, follow=None, allowed_hosts=("testserver",)))
 
 
@@ -148,6 +151,7 @@ def test_fork_streams_saves_a_linked_trace_and_leaves_the_run_alone(client, run_
     events = [json.loads(line) for line in client.post("/api/fork", json=body).text.splitlines()]
     assert [e["event"] for e in events] == ["status", "step", "step", "done"]
     assert events[1]["card"]["text"] == "Velmora" and events[1]["card"]["edited"]
+    assert [p["id"] for p in events[1]["card"]["passages"]] == ["d3"]  # searched with the chosen retriever
     assert events[-1] == {"event": "done", "key": "0.1.0", "id": "s1:q1/1+1", "finish": "answered", "answer": "Velmora",
                           "em": 1.0}
     assert digest(run_dir / "traces.jsonl") == before
@@ -205,3 +209,22 @@ def test_page_headers_and_hosts(client, run_dir):
 def test_a_run_directory_without_traces_is_named():
     with pytest.raises(ValueError, match="no such file or directory"):
         find_runs(["/nonexistent/run"])
+
+
+def test_the_server_follows_a_run_as_it_writes(run_dir):
+    import time
+
+    lines = (run_dir / "traces.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "traces.jsonl").write_text("".join(lines[:9]))
+    app = create_app(build_runs(find_runs([run_dir])), Toolbox({}, {}), follow=0.05, allowed_hosts=("testserver",))
+    with TestClient(app) as client:  # the background indexer runs while the app does
+        counts = []
+        for line in lines[9:]:
+            with open(run_dir / "traces.jsonl", "a") as f:
+                f.write(line)
+            deadline = time.monotonic() + 5
+            while client.get("/api/runs").json()["runs"][0]["traces"] < len(counts) + 10 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            counts.append(client.get("/api/runs").json()["runs"][0]["traces"])
+        assert counts == list(range(10, 19))
+        assert client.get("/api/runs/0/traces", params={"step": 2}).json()["total"] == 9

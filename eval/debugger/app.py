@@ -20,6 +20,7 @@ body of known fields; requests must name a host the server answers as (no DNS re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -102,14 +103,20 @@ def create_app(runs: list[Run], toolbox: Toolbox, *, follow: float | None = 1.0,
                allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> FastAPI:
     """The app over `runs`. `follow`: seconds between looks for appended lines, by a background
     thread; None indexes on each request instead (tests)."""
-    app = FastAPI(title="searchrl trace debugger", docs_url=None, redoc_url=None)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     indexes = [i for r in runs for i in (r.traces, r.forks)]
     rollout_lock = threading.Lock()
     follower = Follower(indexes, follow) if follow is not None else None
-    if follower:
-        app.router.on_startup.append(follower.start)
-        app.router.on_shutdown.append(follower.stop.set)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if follower:
+            follower.start()
+        yield
+        if follower:
+            follower.stop.set()
+
+    app = FastAPI(title="searchrl trace debugger", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     def fresh() -> None:
         if follower is None:

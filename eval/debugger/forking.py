@@ -137,7 +137,7 @@ def fork_stream(parent: dict, fork: Fork, engine, retriever, cfg: RolloutConfig,
     """The parent record's trajectory continued after `fork` by `engine` (the policy named
     `policy`), yielded as it grows."""
     check_tokenizer(parent, engine.tokenizer, policy)
-    rollout = Rollout(engine, retriever or NoRetriever(), cfg, engine.tokenizer)
+    rollout = Rollout(engine, NoRetriever() if retriever is None else retriever, cfg, engine.tokenizer)
     for [traj] in rollout.stream_from([(record_to_trajectory(parent), example_of(parent), fork)], seed=seed):
         yield traj
 
