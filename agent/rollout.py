@@ -156,20 +156,19 @@ class Rollout:
     ) -> list[Trajectory]:
         """Roll out `group_size` samples of every example; returns them example-major.
         `seed` seeds every turn's sampling: same seed, same rollouts."""
-        if self.cfg.passages_per_search is None:
-            raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
-        runs = self._start(examples, group_size, policy_version, group_prefix)
-        for _ in self._loop(runs, seed):
+        trajectories: list[Trajectory] = []
+        for trajectories in self.stream(examples, group_size, policy_version=policy_version, group_prefix=group_prefix,
+                                        seed=seed):
             pass
-        return [run.traj for run in runs]
+        return trajectories
 
-    def stream(self, examples: list[Example], group_size: int = 1, *, seed: int | None = None,
-               **start) -> Iterator[list[Trajectory]]:
+    def stream(self, examples: list[Example], group_size: int = 1, *, policy_version: int = 0, group_prefix: str = "",
+               seed: int | None = None) -> Iterator[list[Trajectory]]:
         """`__call__`, yielding the trajectories (the same objects, growing) after every turn and
         once finished: for a person watching the agent (`eval.chat`)."""
         if self.cfg.passages_per_search is None:
             raise ValueError("RolloutConfig.passages_per_search is None: set how many passages a search returns")
-        runs = self._start(examples, group_size, start.get("policy_version", 0), start.get("group_prefix", ""))
+        runs = self._start(examples, group_size, policy_version, group_prefix)
         for _ in self._loop(runs, seed):
             yield [run.traj for run in runs]
         yield [run.traj for run in runs]
