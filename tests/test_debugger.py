@@ -228,3 +228,18 @@ def test_the_server_follows_a_run_as_it_writes(run_dir):
             counts.append(client.get("/api/runs").json()["runs"][0]["traces"])
         assert counts == list(range(10, 19))
         assert client.get("/api/runs/0/traces", params={"step": 2}).json()["total"] == 9
+
+
+def test_fork_with_edited_passages_and_a_message(client, run_dir):
+    mine = [{"id": "p1", "title": "A note", "text": "Orin Kael was born in Velmora."}]
+    body = {"key": "0.0.0", "step": 0, "edit": "passages", "passages": mine, "policy": "scripted", "retriever": ""}
+    events = [json.loads(line) for line in client.post("/api/fork", json=body).text.splitlines()]
+    assert events[1]["card"]["passages"] == [{"id": "p1", "title": "A note", "text": "Orin Kael was born in Velmora.",
+                                              "score": 0.0, "gold": False}]
+    assert not events[1]["card"]["edited"]  # the query is the policy's own; only the observation was put in
+    saved = json.loads((run_dir / "forks.jsonl").read_text().splitlines()[0])
+    assert saved["fork"]["passages"] == mine and saved["answer"] == "Velmora"
+    body = {"key": "0.0.0", "step": 1, "edit": "message", "text": "Sure?", "policy": "scripted"}
+    events = [json.loads(line) for line in client.post("/api/fork", json=body).text.splitlines()]
+    assert [e["card"]["index"] for e in events if e["event"] == "step"] == [2]  # the message goes after the answer
+    assert events[-1]["id"] == "s1:q1/0+2"
