@@ -82,14 +82,14 @@ def model_dirs(run: RunFiles) -> dict[str, Path]:
     return found
 
 
-def tiny_dir(data: str | None) -> Path | None:
-    """The embedded default of a world, when it has been built."""
+def tiny_dir(data: str | None, model: str = "tiny") -> Path | None:
+    """The embedded policy `model` (tiny, tiny-large) of a world, when it has been built."""
     if not data:
         return None
     from eval.policies import world_dir
     from train.tiny import tiny_policy_dir
 
-    path = tiny_policy_dir(world_dir(Path(data)))
+    path = tiny_policy_dir(world_dir(Path(data)), model)
     return path if (path / "config.json").exists() else None
 
 
@@ -98,8 +98,10 @@ def tokenizer_source(run: RunFiles) -> Path | None:
     settings = run_settings(run)
     candidates = list(model_dirs(run).values())
     policy = settings.get("policy")
-    if policy == "tiny":
-        candidates.append(tiny_dir(settings.get("data")))
+    from train.tiny import is_embedded
+
+    if policy and is_embedded(policy):
+        candidates.append(tiny_dir(settings.get("data"), policy))
     elif policy and Path(policy).is_dir():
         candidates.append(Path(policy))
     for path in candidates:
