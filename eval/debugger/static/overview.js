@@ -21,7 +21,8 @@ export async function overview(main, params, state) {
   const figures = h("div", { class: "figures" },
     h("div", { class: "figure" }, h("b", { id: "count" }, run.traces.toLocaleString()), h("small", {}, "traces")),
     h("div", { class: "figure" }, h("b", {}, String(run.forks)), h("small", {}, "forks")),
-    Object.entries(run.summary).map(([k, v]) => h("div", { class: "figure" }, h("b", {}, num(v)), h("small", {}, k))),
+    Object.entries(run.summary).map(([k, v]) => h("div", { class: "figure" },
+      h("b", {}, Number.isInteger(v) ? v.toLocaleString() : num(v)), h("small", {}, k.replaceAll("_", " ")))),
     run.files.length ? h("div", { class: "figure" }, h("small", {}, "files"),
       h("div", {}, run.files.map(f => h("a", { href: `/files/${n}/${encodeURIComponent(f)}`, target: "_blank" }, f, " ")))) : null);
   const curves = run.curves.filter(r => r.step > 0);

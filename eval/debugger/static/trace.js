@@ -11,7 +11,7 @@ export async function trajectory(main, key, state) {
   clear(main);
   const links = h("div", { class: "links" },
     h("a", { href: `#/t/${key}/tokens` }, "Tokens"),
-    t.group_size ? h("a", { href: `#/t/${key}/group` }, `Group (${t.group_size})`) : null,
+    t.group_size > 1 ? h("a", { href: `#/t/${key}/group` }, `Group (${t.group_size})`) : null,
     t.parent_key ? h("a", { href: `#/t/${t.parent_key}` }, "↑ Parent") : null);
   main.appendChild(h("div", { class: "head" }, h("div", {},
     h("h1", { id: "question" }, t.question),
