@@ -53,7 +53,7 @@ def test_index_follows_appends_waits_for_whole_lines_and_restarts_when_cut(tmp_p
     with open(path, "a") as f:
         f.write(rec(3)[10:] + "not json\n")
     assert index.refresh() == 1 and index.record(3)["question"] == "question 3"
-    assert index.bad_lines == [f"{path} byte {sum(len(rec(i)) for i in range(4))}: not valid JSON (Expecting value)"]
+    assert index.bad_lines == [f"{path} line 5: not valid JSON (Expecting value at column 1)"]
     path.write_text(rec(7))  # a resumed run cut the file
     assert index.refresh() == 1 and [r["id"] for r in index.rows] == ["g7/0"] and index.by_id == {"g7/0": 0}
     with pytest.raises(IndexError, match="no trace at position 5"):

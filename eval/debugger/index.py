@@ -33,6 +33,7 @@ class TraceIndex:
         self.children: dict[str, list[int]] = {}  # parent trace id -> positions of its forks
         self.facets = {"steps": set(), "finishes": set(), "categories": set(), "hops": set()}
         self.indexed_bytes = 0  # bytes read up to the end of the last whole line
+        self.lines_read = 0  # whole lines read, blank and bad ones included
         self.size = 0  # the file's size when last looked at
         self.bad_lines: list[str] = []  # lines that were not JSON, with where they are
         self._inode = None
@@ -76,12 +77,13 @@ class TraceIndex:
         added, offset = 0, base
         for line in blob.split(b"\n")[:-1]:
             start, offset = offset, offset + len(line) + 1
+            self.lines_read += 1
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                self.bad_lines.append(f"{self.path} byte {start}: not valid JSON ({exc.msg})")
+                self.bad_lines.append(f"{self.path} line {self.lines_read}: not valid JSON ({exc.msg} at column {exc.colno})")
                 continue
             self._add(record, start)
             added += 1
