@@ -243,3 +243,23 @@ def test_fork_with_edited_passages_and_a_message(client, run_dir):
     events = [json.loads(line) for line in client.post("/api/fork", json=body).text.splitlines()]
     assert [e["card"]["index"] for e in events if e["event"] == "step"] == [2]  # the message goes after the answer
     assert events[-1]["id"] == "s1:q1/0+2"
+
+
+def test_sources_read_a_training_runs_settings_policies_and_metrics(tmp_path):
+    from eval.debugger.sources import find_runs, model_dirs, read_metrics, run_settings
+
+    run = tmp_path / "grpo"
+    for step in (2, 10):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "config.json").write_text("{}")
+    (run / "checkpoint-10" / "config.json.train").write_text(json.dumps(
+        {"data": "data/w", "index": "indexes/w", "policy": {"model": "tiny"}, "rollout": {"passages_per_search": 2}}))
+    (run / "traces.jsonl").write_text("")
+    (run / "metrics.jsonl").write_text('{"step": 0, "dev_em": 0.2}\n{"step": 1, "reward": 0.5, "em": 0.25, "lr": 1}\n{"step": 2')
+    (run / "summary.json").write_text(json.dumps({"test_before": {"em": 0.2}, "test_after": {"em": 0.3}}))
+    [files] = find_runs([run])
+    assert run_settings(files) == {"data": "data/w", "index": "indexes/w", "policy": "tiny", "passages_per_search": 2,
+                                   "max_turns": None, "max_new_tokens": None}
+    assert list(model_dirs(files)) == ["checkpoint-10", "checkpoint-2"]  # newest first
+    assert read_metrics(files) == {"curves": [{"step": 0, "dev_em": 0.2}, {"step": 1, "reward": 0.5, "em": 0.25}],
+                                   "summary": {"test EM before": 0.2, "test EM after": 0.3}}

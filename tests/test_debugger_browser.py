@@ -99,6 +99,7 @@ def test_fork_with_an_edited_query_streams_and_branches(site):
     link.click()
     page.wait_for_selector('body[data-ready="/t/0.1.0"]', state="attached")
     assert "A fork of" in page.inner_text(".notice")
+    assert page.inner_text(".fork-line").lower() == "forked here: query edited" and page.locator(".card.inherited").count() == 0
     page.click(".notice a")  # back to the parent, which now shows its branch
     page.wait_for_selector('body[data-ready="/t/0.0.1"]', state="attached")
     assert page.locator(".branches a").all_inner_texts() == ["step 0 → Velmora"]

@@ -38,7 +38,13 @@ export async function trajectory(main, key, state) {
       t.children.map(c => h("a", { class: "chip edit", href: `#/t/${c.key}` }, `step ${c.fork_step} → ${c.answer ?? "no answer"}`))));
   }
   const cards = h("div", { class: "cards", id: "cards" });
-  for (const card of t.cards) cards.appendChild(stepCard(card, { key, runs, forkable: true }));
+  const firstNew = t.fork ? t.fork.step + (t.fork.edit === "message" ? 1 : 0) : -1;
+  for (const card of t.cards) {
+    if (card.index === firstNew) cards.appendChild(h("div", { class: "fork-line" }, `forked here: ${t.fork.edit} edited`));
+    const el = stepCard(card, { key, runs, forkable: true });
+    if (card.index < firstNew) el.classList.add("inherited");
+    cards.appendChild(el);
+  }
   main.appendChild(cards);
 }
 
