@@ -38,6 +38,15 @@ def tiny_model_dir(tiny_tokenizer, tmp_path_factory):
     return save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_model"))
 
 
+@pytest.fixture(scope="session")
+def trainer_world(tmp_path_factory):
+    """A 300-entity world (seed 2) with its BM25 index under one directory: what the trainer's
+    end-to-end tests train on (each writes its runs under its own name there)."""
+    from fakes import world_with_index
+
+    return world_with_index(tmp_path_factory.mktemp("trainer-world"), seed=2, entities=300, method="bm25")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """After `make test-gpu` (tests marked gpu), one table: what ran, what was skipped and why,
     and what each test measured (step time, tokens/s, ...)."""

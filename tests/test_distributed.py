@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from agent.traces import read_traces
-from fakes import world_with_index
 from train.grpo import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return world_with_index(tmp_path_factory.mktemp("ddp"), seed=2, entities=300, method="bm25")
+def setup(trainer_world):
+    return trainer_world
 
 
 def args(setup, model_dir, out, steps):

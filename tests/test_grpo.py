@@ -14,8 +14,8 @@ from train.questions import next_questions
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return world_with_index(tmp_path_factory.mktemp("grpo"), seed=2, entities=300, method="bm25")
+def setup(trainer_world):
+    return trainer_world
 
 
 def args(setup, tiny_model_dir, out, steps):
