@@ -156,10 +156,8 @@ class Rollout:
     ) -> list[Trajectory]:
         """Roll out `group_size` samples of every example; returns them example-major.
         `seed` seeds every turn's sampling: same seed, same rollouts."""
-        trajectories: list[Trajectory] = []
-        for trajectories in self.stream(examples, group_size, policy_version=policy_version, group_prefix=group_prefix,
-                                        seed=seed):
-            pass
+        *_, trajectories = self.stream(examples, group_size, policy_version=policy_version, group_prefix=group_prefix,
+                                       seed=seed)  # the last of what the stream yields: the finished rollout
         return trajectories
 
     def stream(self, examples: list[Example], group_size: int = 1, *, policy_version: int = 0, group_prefix: str = "",
@@ -181,9 +179,7 @@ class Rollout:
     def continue_from(self, forks: list[tuple[Trajectory, Example, Fork]], *, seed: int | None = None) -> list[Trajectory]:
         """Each (trajectory, its example, a fork of it) continued after the fork's edit; new
         trajectories, the originals are left as they were. A fork has `max_turns` turns of its own."""
-        trajectories: list[Trajectory] = []
-        for trajectories in self.stream_from(forks, seed=seed):
-            pass
+        *_, trajectories = self.stream_from(forks, seed=seed)
         return trajectories
 
     def stream_from(self, forks: list[tuple[Trajectory, Example, Fork]], *,

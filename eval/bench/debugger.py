@@ -20,6 +20,7 @@ in its own process, and measures over HTTP, and in a headless Chromium where one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -89,17 +90,17 @@ def timed(fn, repeats: int = 1) -> float:
     return statistics.median(times)
 
 
-def first_view(url: str, start: float) -> float:
-    """Seconds from `start` until the overview's first page of traces is answered."""
-    while True:
-        try:
+def first_view(url: str, start: float, limit: float = 300.0) -> float:
+    """Seconds from `start` until the overview's first page of traces is answered (the server
+    may still be starting: connection errors are retried, for `limit` seconds at most)."""
+    while time.perf_counter() - start < limit:
+        with contextlib.suppress(httpx.HTTPError, KeyError):  # not up yet, or not indexed this far
             httpx.get(url + "/", timeout=5).raise_for_status()
             httpx.get(url + "/api/runs", timeout=5).raise_for_status()
             if len(httpx.get(url + "/api/runs/0/traces?limit=50", timeout=5).json()["rows"]) == 50:
                 return time.perf_counter() - start
-        except (httpx.HTTPError, KeyError):
-            pass
         time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer the overview's first page within {limit:.0f} s")
 
 
 def browser_figures(url: str, n: int) -> dict:
