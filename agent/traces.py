@@ -75,14 +75,17 @@ def _step_record(step: Step) -> dict[str, Any]:
     return rec
 
 
+def record_steps(record: dict[str, Any]) -> list[Step]:
+    """The `Step`s of a trajectory's record, its passages with them."""
+    return [Step(s["kind"], s["text"], tuple(s["span"]),
+                 [Passage(p["id"], p.get("title", ""), p.get("text", ""), p.get("score", 0.0)) for p in s.get("passages", [])],
+                 s.get("dropped", False), s.get("segment", 0), s.get("error"))
+            for s in record.get("steps", [])]
+
+
 def record_to_trajectory(record: dict[str, Any]) -> Trajectory:
     """Rebuild a `Trajectory` from its record (e.g. to train on saved demonstrations)."""
-    steps = []
-    for s in record["steps"]:
-        passages = [Passage(p["id"], p["title"], p["text"], p["score"]) for p in s.get("passages", [])]
-        steps.append(
-            Step(s["kind"], s["text"], tuple(s["span"]), passages, s.get("dropped", False), s.get("segment", 0), s.get("error"))
-        )
+    steps = record_steps(record)
     return Trajectory(
         example_id=record["example_id"],
         group_id=record["group_id"],

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.types import Example, Passage, Step, Trajectory
+from agent.traces import record_steps
+from agent.types import Example, Trajectory
 from rewards.metrics import error_category
 from rewards.outcome import exact_match, f1_score
 
@@ -28,12 +29,6 @@ def example_of(record: dict) -> Example:
                    list(record.get("support", [])), dict(record.get("meta", {})))
 
 
-def steps_of(record: dict) -> list[Step]:
-    return [Step(s["kind"], s["text"], tuple(s["span"]),
-                 [Passage(p["id"], p.get("title", ""), p.get("text", ""), p.get("score", 0.0)) for p in s.get("passages", [])],
-                 s.get("dropped", False), s.get("segment", 0), s.get("error")) for s in record.get("steps", [])]
-
-
 def outcome(record: dict) -> dict:
     """EM, F1 and error category: the evaluation's own where it scored the trace, else computed
     from the answer, gold answers and steps (None without gold answers)."""
@@ -45,7 +40,7 @@ def outcome(record: dict) -> dict:
         return {"em": None, "f1": None, "category": None}
     answer = record.get("answer")
     em, f1 = exact_match(answer, golds), f1_score(answer, golds)
-    traj = Trajectory(record.get("example_id", ""), "", 0, [], steps_of(record), answer, record.get("finish", ""))
+    traj = Trajectory(record.get("example_id", ""), "", 0, [], record_steps(record), answer, record.get("finish", ""))
     try:
         category = error_category(traj, example_of(record), em)
     except ValueError:  # a finish the categories do not know (a fork still running)

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from eval.debugger.rows import example_of, outcome, steps_of, trace_id
+from agent.traces import record_steps
+from eval.debugger.rows import example_of, outcome, trace_id
 from rewards.outcome import exact_match, f1_score
 
 
@@ -37,7 +38,7 @@ def judge_labels(record: dict) -> list[str | None]:
     from agent.types import Trajectory
     from rewards.judge import ideal_labels
 
-    traj = Trajectory(example.id, "", 0, [], steps_of(record), record.get("answer"), record.get("finish", ""))
+    traj = Trajectory(example.id, "", 0, [], record_steps(record), record.get("answer"), record.get("finish", ""))
     return ideal_labels(traj, example)
 
 
