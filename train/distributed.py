@@ -132,6 +132,13 @@ class Processes:
         if self.n > 1:
             self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Wait for every process, then take the process group down: a process that leaves while
+        another is still in a collective (or with the group alive) aborts at exit."""
+        if self.n > 1:
+            self.wait()
+            torch.distributed.destroy_process_group()
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is not None:
             self.accelerator.backward(loss)

@@ -333,17 +333,17 @@ def main(argv=None) -> dict:
                                     cursor=state.cursor, config=cfg, keep_last=cfg.keep_last, processes=procs.n,
                                     extra={"average": t.average.state_dict()})
             procs.wait()
-    return finish(t, state, out, retriever, test_set)
+    if procs.n > 1 and not procs.weights_agree(t.average.params):
+        raise RuntimeError("the processes' weights differ after training: the gradients were not synced")
+    summary = finish(t, state, out, retriever, test_set) if procs.is_main else state.summary
+    procs.close()  # every process waits for the main one's final evaluation, then leaves together
+    return summary
 
 
 def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) -> dict:
     """The final model (the weight average) and its held-out test EM against the warm start, the
-    summary and the curves; with several processes, a check that they hold the same weights."""
+    summary and the curves (the main process's work)."""
     cfg, procs, summary, averaged = t.cfg, t.procs, state.summary, t.average.count > 0
-    if procs.n > 1 and not procs.weights_agree(t.average.params):
-        raise RuntimeError("the processes' weights differ after training: the gradients were not synced")
-    if not procs.is_main:
-        return summary
     with t.average.swapped_in() if averaged else contextlib.nullcontext():
         save_atomic(t.policy.model, t.policy.tokenizer, out / "final")
         # A rerun of a finished run keeps its evaluation; one resumed to more steps makes its own.
