@@ -91,7 +91,7 @@ def test_search_r1_parquet_with_flashrag_columns_loads(tmp_path):
     path = tmp_path / "test.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
     examples = load_qa(path)
-    assert [e.id for e in examples] == ["test_0", "test_1", "test_2"]
+    assert [e.id for e in examples] == ["nq-test_0", "nq-test_1", "nq-test_2"]
     assert examples[1].question == "who wrote book 1?"
     assert examples[1].answers == ("author 1", "a. 1")
     assert examples[1].meta["data_source"] == "nq" and examples[1].meta["extra_info"] == {"split": "test", "index": 1}
@@ -106,6 +106,52 @@ def test_search_r1_parquet_without_question_column_reads_the_prompt(tmp_path):
         ("nq-0", "where is town 0?", ("county 0",)), ("nq-1", "where is town 1?", ("county 1",))]
 
 
+def nq_search_rows(split: str, n: int, source: str = "nq") -> list[dict]:
+    """Rows as Search-R1's scripts/data_process/nq_search.py writes them: the FlashRAG record's
+    columns kept by `datasets.map`, plus data_source, prompt, ability, reward_model, extra_info."""
+    return [dict(search_r1_row(i, f"{source} question {i}?", [f"{source} answer {i}"]), id=f"{split}_{i}",
+                 question=f"{source} question {i}", golden_answers=[f"{source} answer {i}"],
+                 data_source=source, extra_info={"split": split, "index": i}) for i in range(n)]
+
+
+def test_a_search_r1_data_directory_loads_as_its_train_and_test_splits(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        datasets.Dataset.from_list(nq_search_rows(split, n)).to_parquet(str(tmp_path / f"{split}.parquet"))
+    train, test = load_qa(tmp_path, "train"), load_qa(tmp_path, "test")
+    assert [e.id for e in train] == ["nq-train_0", "nq-train_1", "nq-train_2"]
+    assert [(e.id, e.question, e.answers) for e in test] == [
+        ("nq-test_0", "nq question 0", ("nq answer 0",)), ("nq-test_1", "nq question 1", ("nq answer 1",))]
+    assert {e.meta["split"] for e in test} == {"test"} and test[0].meta["data_source"] == "nq"
+    with pytest.raises(DatasetError, match=r"no split 'dev' \(dev\.jsonl or dev\.parquet\); its splits: test, train"):
+        load_qa(tmp_path, "dev")
+    with pytest.raises(DatasetError, match=r"is a directory: pass split= one of \['test', 'train'\]"):
+        load_qa(tmp_path)
+
+
+def test_a_merged_search_r1_file_keeps_questions_of_each_source_apart(tmp_path):
+    """qa_search_test_merge.py concatenates datasets whose FlashRAG ids repeat (test_0 in nq and in triviaqa)."""
+    path = tmp_path / "test.parquet"
+    datasets.Dataset.from_list(nq_search_rows("test", 2) + nq_search_rows("test", 2, source="triviaqa")) \
+        .to_parquet(str(path))
+    examples = load_qa(path)
+    assert [e.id for e in examples] == ["nq-test_0", "nq-test_1", "triviaqa-test_0", "triviaqa-test_1"]
+    assert examples[2].answers == ("triviaqa answer 0",)
+
+
+def test_a_prompt_only_question_that_says_question_is_read_whole(tmp_path):
+    path = tmp_path / "test.parquet"
+    question = "In the quiz show, which host asked 'Question: who am I?' first?"
+    datasets.Dataset.from_list([search_r1_row(0, question, ["Ann"])]).to_parquet(str(path))
+    assert load_qa(path)[0].question == question
+
+
+def test_a_directory_with_both_formats_of_a_split_is_ambiguous(tmp_path):
+    write_lines(tmp_path / "test.jsonl", [good(1)])
+    datasets.Dataset.from_list(nq_search_rows("test", 1)).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(DatasetError, match=r"both test\.jsonl and test\.parquet hold split 'test'"):
+        load_qa(tmp_path, "test")
+
+
 def test_search_r1_parquet_without_any_question_names_the_row(tmp_path):
     rows = [search_r1_row(0, "fine?", ["yes"]), dict(search_r1_row(1, "x", ["y"]), prompt=[{"role": "system", "content": "hi"}])]
     path = tmp_path / "broken.parquet"
@@ -118,6 +164,22 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
     path = tmp_path / "junk.parquet"
     path.write_bytes(b"not parquet at all")
     with pytest.raises(DatasetError, match=r"junk\.parquet: cannot read as parquet"):
+        load_qa(path)
+
+
+# ----------------------------------------------------------------------------- duplicate ids
+
+def test_a_repeated_id_is_refused_with_both_lines(tmp_path):
+    path = write_lines(tmp_path / "dup.jsonl", [good(1), "", good(2), dict(good(1), question="Another question?")])
+    with pytest.raises(DatasetError) as error:
+        load_qa(path)
+    assert str(error.value) == (f"{path} line 4: duplicate id 'q1' (first on line 1); every question needs its own id")
+
+
+def test_a_repeated_id_in_parquet_names_the_rows(tmp_path):
+    path = tmp_path / "dup.parquet"
+    datasets.Dataset.from_list(nq_search_rows("test", 3) + nq_search_rows("test", 1)).to_parquet(str(path))
+    with pytest.raises(DatasetError, match=r"dup\.parquet row 4: duplicate id 'nq-test_0' \(first in row 1\)"):
         load_qa(path)
 
 
@@ -146,6 +208,6 @@ def test_empty_and_missing_files_are_named(tmp_path):
         load_qa(tmp_path / "empty.jsonl")
     with pytest.raises(DatasetError, match=r"nowhere\.jsonl: no such file"):
         load_qa(tmp_path / "nowhere.jsonl")
-    with pytest.raises(DatasetError, match=r"dev\.jsonl: no such file"):
+    with pytest.raises(DatasetError, match=r"no split 'dev' \(dev\.jsonl or dev\.parquet\); its splits: empty$"):
         load_qa(tmp_path, "dev")
     assert issubclass(DatasetError, ValueError)

@@ -3,10 +3,17 @@
     load_qa("data/world-0", "test")           # DIR/test.jsonl of a generated world
     load_qa("nq/test.jsonl")                   # FlashRAG: id, question, golden_answers, metadata
     load_qa("nq_search/test.parquet")          # Search-R1: prompt, reward_model.ground_truth.target, ...
+    load_qa("nq_search", "train")              # a directory's SPLIT.jsonl or SPLIT.parquet
 
 Files load through `datasets` (packaged json / parquet builders, no hub access). Bad input
 raises `DatasetError` naming the file, the line (JSONL) or row (parquet), the field, the
-value and what was expected, never a bare pyarrow traceback.
+value and what was expected, never a bare pyarrow traceback. Question ids are unique
+within a file: a rollout is scored against the answers of the question its id names.
+
+Search-R1 rows (`scripts/data_process/nq_search.py`, `qa_search_*_merge.py`) carry a
+`data_source` ("nq", "hotpotqa", ...); their id is `{data_source}-{id}` (the FlashRAG id
+the row kept, e.g. `nq-test_0`) or `{data_source}-{extra_info.index}`, because a merged
+file holds `test_0` of several datasets.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import datasets
 
 from agent.types import Example
 
-__all__ = ["DatasetError", "load_qa"]
+__all__ = ["DatasetError", "load_qa", "qa_splits"]
 
 WORLD_SPLITS = ("train", "dev", "test")
+QA_SUFFIXES = (".jsonl", ".parquet")
+NOT_QUESTIONS = ("corpus",)  # a world's corpus.jsonl sits next to its splits
 # FlashRAG metadata keys the project gives a meaning to (see agent/data/world.py); others are kept as they are.
 KNOWN_META = ("support", "hops", "type", "split", "chain")
 
@@ -34,13 +43,11 @@ class DatasetError(ValueError):
 
 
 def load_qa(path: str | Path, split: str | None = None) -> list[Example]:
-    """Load questions from a world directory (with `split`), a FlashRAG .jsonl or a Search-R1 .parquet."""
+    """Load questions from a FlashRAG .jsonl, a Search-R1 .parquet, or a directory's `split`
+    (a generated world, a FlashRAG dataset directory, Search-R1's train/test.parquet)."""
     path = Path(path)
     if path.is_dir():
-        if split is None:
-            found = sorted(p.stem for p in path.glob("*.jsonl") if p.stem != "corpus")
-            raise DatasetError(f"{path} is a directory: pass split= one of {found or list(WORLD_SPLITS)}")
-        path = path / f"{split}.jsonl"
+        path = _split_file(path, split)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     if path.suffix == ".parquet":
@@ -53,6 +60,26 @@ def load_qa(path: str | Path, split: str | None = None) -> list[Example]:
         for example in examples:
             example.meta.setdefault("split", split)
     return examples
+
+
+def qa_splits(directory: str | Path) -> list[str]:
+    """The splits a directory holds: the names of its question files (.jsonl / .parquet)."""
+    return sorted({p.stem for p in Path(directory).iterdir()
+                   if p.suffix in QA_SUFFIXES and p.stem not in NOT_QUESTIONS and p.is_file()})
+
+
+def _split_file(directory: Path, split: str | None) -> Path:
+    found = qa_splits(directory)
+    if split is None:
+        raise DatasetError(f"{directory} is a directory: pass split= one of {found or list(WORLD_SPLITS)}")
+    files = [directory / f"{split}{suffix}" for suffix in QA_SUFFIXES if (directory / f"{split}{suffix}").is_file()]
+    if len(files) > 1:
+        raise DatasetError(f"{directory}: both {files[0].name} and {files[1].name} hold split {split!r}; "
+                           f"pass the file to load")
+    if not files:
+        raise DatasetError(f"{directory}: no split {split!r} ({split}.jsonl or {split}.parquet); "
+                           f"its splits: {', '.join(found) or 'none'}")
+    return files[0]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -95,6 +122,10 @@ def _load_jsonl(path: Path) -> list[Example]:
         except _FieldError as error:
             line_numbers = line_numbers or _record_line_numbers(path)
             raise DatasetError(f"{path} line {line_numbers[index]}: {error}") from None
+    if (pair := _repeated_id(examples)) is not None:
+        first, repeat = (_record_line_numbers(path)[i] for i in pair)
+        raise DatasetError(f"{path} line {repeat}: duplicate id {examples[pair[1]].id!r} (first on line {first}); "
+                           f"every question needs its own id")
     return examples
 
 
@@ -111,7 +142,20 @@ def _load_parquet(path: Path) -> list[Example]:
             examples.append(_search_r1_example(row, default_id=f"{path.stem}-{index}"))
         except _FieldError as error:
             raise DatasetError(f"{path} row {index + 1}: {error}") from None
+    if (pair := _repeated_id(examples)) is not None:
+        first, repeat = (i + 1 for i in pair)
+        raise DatasetError(f"{path} row {repeat}: duplicate id {examples[pair[1]].id!r} (first in row {first}); "
+                           f"every question needs its own id")
     return examples
+
+
+def _repeated_id(examples: list[Example]) -> tuple[int, int] | None:
+    """(first, repeat): the positions of the first id that occurs twice, or None."""
+    first: dict[str, int] = {}
+    for index, example in enumerate(examples):
+        if (seen := first.setdefault(example.id, index)) != index:
+            return seen, index
+    return None
 
 
 def _is_blank(path: Path) -> bool:
@@ -226,12 +270,15 @@ def _search_r1_example(row: dict, default_id: str) -> Example:
         target = ground_truth.get("target") if isinstance(ground_truth, dict) else ground_truth
         answers = _answers(target, "reward_model.ground_truth.target")
     extra = row.get("extra_info") or {}
+    source = row.get("data_source")
     if row.get("id") is not None:
         example_id = _string(row, "id")
-    elif row.get("data_source") and isinstance(extra, dict) and extra.get("index") is not None:
-        example_id = f"{row['data_source']}-{extra['index']}"
+    elif source and isinstance(extra, dict) and extra.get("index") is not None:
+        example_id = str(extra["index"])
     else:
         example_id = default_id
+    if isinstance(source, str) and source and example_id != default_id:
+        example_id = f"{source}-{example_id}"  # a merged file holds test_0 of several datasets
     meta = _meta(row)
     for key in ("data_source", "ability", "extra_info"):
         if row.get(key) is not None:
@@ -241,8 +288,9 @@ def _search_r1_example(row: dict, default_id: str) -> Example:
 
 
 def _question_from_prompt(prompt: Any) -> str:
-    """The question inside a Search-R1 prompt: the text after its last 'Question:' marker,
-    or the whole last user message when there is no marker."""
+    """The question inside a Search-R1 prompt: the text after its first 'Question:' marker,
+    or the whole last user message when there is no marker. Search-R1's templates put
+    their one marker right before the question, which may itself say 'Question:'."""
     if isinstance(prompt, str):
         content = prompt
     elif isinstance(prompt, list):
@@ -252,5 +300,5 @@ def _question_from_prompt(prompt: Any) -> str:
         content = None
     if not isinstance(content, str) or not content.strip():
         raise _FieldError(f'no "question" field and no user message in "prompt", got prompt {_show(prompt)}')
-    _, marker, after = content.rpartition("Question:")
+    _, marker, after = content.partition("Question:")
     return after.strip() if marker and after.strip() else content.strip()
