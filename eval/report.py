@@ -3,9 +3,11 @@ breakdown, and a few traces rendered compactly (one per error category, in the o
 `rewards.metrics.ERROR_CATEGORIES`).
 
 `eval.run` writes it next to `metrics.json` and `traces.jsonl`; to rewrite it from those
-two files (e.g. with more example traces):
+two files (e.g. with more example traces, or the answer metrics Search-R1 and FlashRAG
+report: `rewards.metrics.ANSWER_METRICS`, all of which metrics.json holds):
 
     python -m eval.report runs/tiny-test --examples 6
+    python -m eval.report runs/tiny-test --metrics squad_em,subem,acc,flashrag_f1
 
 In a rendered trace, `*` marks a gold support passage, `(dropped)` an observation the
 agent judged not useful, and a judge shows its ideal label when it had one.
@@ -19,9 +21,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rewards.metrics import ERROR_CATEGORIES, fmt, markdown_table
+from rewards.metrics import ANSWER_METRICS, ERROR_CATEGORIES, METRIC_LABELS, REPORTED_METRICS, fmt, markdown_table
 
-__all__ = ["markdown_table", "render_report", "render_trace", "write_report", "CATEGORY_MEANING"]
+__all__ = ["markdown_table", "render_report", "render_trace", "write_report", "CATEGORY_MEANING",
+           "metric_names", "reported_metrics"]
 
 CATEGORY_MEANING = {
     "correct": "exact match with a gold answer",
@@ -33,16 +36,34 @@ CATEGORY_MEANING = {
 }
 
 
+def metric_names(text: str) -> list[str]:
+    """`--metrics em,subem,acc`: answer metrics by name (argparse type)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ANSWER_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric {(unknown or [text])[0]!r}: "
+                                         f"choose from {', '.join(ANSWER_METRICS)}")
+    return names
+
+
+def reported_metrics(metrics: dict) -> list[str]:
+    """The answer metrics a run's tables show: its `--metrics`, else EM, F1 and cover-EM."""
+    return list((metrics.get("config") or {}).get("metrics") or REPORTED_METRICS)
+
+
 def fmt_ci(metrics: dict, key: str) -> str:
     ci = metrics.get(f"{key}_ci")
     return fmt(metrics.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def summary_rows(m: dict) -> list[list[str]]:
-    """(metric, value) rows of the headline table."""
-    rows = [["questions", str(m["n"])], ["EM [95% CI]", fmt_ci(m, "em")], ["F1 [95% CI]", fmt_ci(m, "f1")],
-            ["cover-EM", fmt(m["cover_em"])], ["searches / question", fmt(m["searches_per_question"], 2)],
-            ["turns / question", fmt(m.get("turns_per_question"), 2)], ["valid-action rate", fmt(m["valid_action_rate"])]]
+def summary_rows(m: dict, names: list[str] | None = None) -> list[list[str]]:
+    """(metric, value) rows of the headline table; `names`: the answer metrics (default: the run's)."""
+    names = names or reported_metrics(m)
+    rows = [["questions", str(m["n"])]]
+    rows += [[METRIC_LABELS[name] + (" [95% CI]" if f"{name}_ci" in m else ""), fmt_ci(m, name)]
+             for name in names]
+    rows += [["searches / question", fmt(m["searches_per_question"], 2)],
+             ["turns / question", fmt(m.get("turns_per_question"), 2)], ["valid-action rate", fmt(m["valid_action_rate"])]]
     if "judge_accuracy" in m:
         rows.append([f"JUDGE accuracy ({m['judged']} judged)", fmt(m["judge_accuracy"])])
     if "support_recall" in m:
@@ -56,10 +77,10 @@ def summary_rows(m: dict) -> list[list[str]]:
     return rows
 
 
-def _group_table(groups: dict, label: str) -> str:
-    rows = [[k, g["n"], fmt(g["em"]), fmt(g["f1"]), fmt(g.get("cover_em")), fmt(g.get("searches_per_question"), 2)]
+def _group_table(groups: dict, label: str, names: list[str]) -> str:
+    rows = [[k, g["n"], *(fmt(g.get(name)) for name in names), fmt(g.get("searches_per_question"), 2)]
             for k, g in groups.items()]
-    return markdown_table([label, "n", "EM", "F1", "cover-EM", "searches/q"], rows)
+    return markdown_table([label, "n", *(METRIC_LABELS[name] for name in names), "searches/q"], rows)
 
 
 def _code(text: object, limit: int = 80) -> str:
@@ -107,13 +128,19 @@ def pick_examples(records: list[dict], n: int) -> list[dict]:
     return [first[c] for c in ERROR_CATEGORIES if c in first][:n]
 
 
-def render_report(metrics: dict, records: list[dict], title: str, n_examples: int = 4) -> str:
+GROUPS = (("by_hops", "By hop count", "hops"), ("by_type", "By question type", "type"),
+          ("by_data_source", "By data source", "data source"))
+
+
+def render_report(metrics: dict, records: list[dict], title: str, n_examples: int = 4,
+                  names: list[str] | None = None) -> str:
+    """report.md's text; `names`: the answer metrics its tables show (default: the run's)."""
     n = metrics["n"]
-    parts = [f"# {title}", "", markdown_table(["metric", "value"], summary_rows(metrics))]
-    if metrics.get("by_hops"):
-        parts += ["", "## By hop count", "", _group_table(metrics["by_hops"], "hops")]
-    if metrics.get("by_type"):
-        parts += ["", "## By question type", "", _group_table(metrics["by_type"], "type")]
+    names = names or reported_metrics(metrics)
+    parts = [f"# {title}", "", markdown_table(["metric", "value"], summary_rows(metrics, names))]
+    for key, heading, label in GROUPS:
+        if metrics.get(key):
+            parts += ["", f"## {heading}", "", _group_table(metrics[key], label, names)]
     if "errors" in metrics:
         rows = [[c, k, f"{k / n:.1%}", CATEGORY_MEANING[c]] for c, k in metrics["errors"].items()]
         parts += ["", "## Outcomes", "", "Each question is in exactly one category (see `eval/metrics.py`).", "",
@@ -134,8 +161,10 @@ def run_title(metrics: dict, fallback: str) -> str:
     return f"{policy} on {cfg.get('data')} ({cfg.get('split')})"
 
 
-def write_report(run_dir: Path, records: list[dict] | None = None, n_examples: int = 4) -> Path:
-    """Write RUN_DIR/report.md from its metrics.json (and traces.jsonl unless `records` are given)."""
+def write_report(run_dir: Path, records: list[dict] | None = None, n_examples: int = 4,
+                 names: list[str] | None = None) -> Path:
+    """Write RUN_DIR/report.md from its metrics.json (and traces.jsonl unless `records` are given);
+    `names`: the answer metrics its tables show (default: the run's `--metrics`)."""
     from agent.traces import read_traces
 
     metrics_path = Path(run_dir) / "metrics.json"
@@ -146,7 +175,7 @@ def write_report(run_dir: Path, records: list[dict] | None = None, n_examples: i
         traces = Path(run_dir) / "traces.jsonl"
         records = read_traces(traces) if traces.exists() else []
     out = Path(run_dir) / "report.md"
-    out.write_text(render_report(metrics, records, run_title(metrics, str(run_dir)), n_examples))
+    out.write_text(render_report(metrics, records, run_title(metrics, str(run_dir)), n_examples, names))
     return out
 
 
@@ -154,9 +183,12 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(prog="python -m eval.report", description="Rewrite report.md of an evaluation run.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--examples", type=int, default=4, help="example traces to render (one per category)")
+    p.add_argument("--metrics", type=metric_names, default=None,
+                   help=f"answer metrics the tables show, comma-separated, from {', '.join(ANSWER_METRICS)} "
+                        f"(default: the run's)")
     args = p.parse_args(argv)
     try:
-        out = write_report(args.run_dir, n_examples=args.examples)
+        out = write_report(args.run_dir, n_examples=args.examples, names=args.metrics)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     Console(stderr=True).print(f"wrote {out}")

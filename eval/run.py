@@ -12,17 +12,20 @@ Policies (`--policy`):
   direct | rag               one-turn baselines over `--model` (default tiny; eval/baselines.py):
                              answer at once (contamination check), or after one top-k retrieval
 
-`--data` is a generated world directory (with `--split`) or any QA file in FlashRAG JSONL
-or Search-R1 parquet; `--index` an index directory from `python -m retrieval.build` over
+`--data` is a directory of SPLIT.jsonl / SPLIT.parquet files (a generated world, a
+Search-R1 data directory; `--split` picks one) or any QA file in FlashRAG JSONL or
+Search-R1 parquet; `--index` an index directory from `python -m retrieval.build` over
 any corpus, or a retrieval server URL (`direct` needs none). Models decode greedily
 unless `--temperature` says otherwise. Writes to `--out`:
 
-  metrics.json   EM / F1 / cover-EM with bootstrap CIs, by hops and type, searches, turns,
-                 valid-action rate, JUDGE accuracy, support recall (where labelled), tokens,
-                 latency, the error breakdown, and the run's settings under "config"
-                 (every field: eval/metrics.py)
+  metrics.json   every answer metric (EM / F1 / cover-EM, and Search-R1's and FlashRAG's
+                 definitions: squad_em, subem, acc, flashrag_f1) with bootstrap CIs, by hops,
+                 type and data source, searches, turns, valid-action rate, JUDGE accuracy,
+                 support recall (where labelled), tokens, latency, the error breakdown, and
+                 the run's settings under "config" (every field: rewards/metrics.py)
   traces.jsonl   one trajectory per line; its per-question scores under "eval"
-  report.md      tables and a few example traces (eval/report.py)
+  report.md      tables and a few example traces (eval/report.py); the tables show the
+                 answer metrics `--metrics` names
 
 Compare runs with `python -m eval.compare RUN_DIR RUN_DIR ... --out compare.md`.
 """
@@ -44,10 +47,11 @@ from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
 from eval.baselines import BASELINES, OneTurnRollout
 from rewards.bootstrap import DEFAULT_RESAMPLES
-from rewards.metrics import ERROR_CATEGORIES, question_row, summarize_rows
+from rewards.metrics import (ANSWER_METRICS, ERROR_CATEGORIES, METRIC_LABELS, REPORTED_METRICS, question_row,
+                             summarize_rows)
 from eval.policies import build_model, build_oracle
 from eval.presets import PRESETS
-from eval.report import pick_examples, run_title, write_report
+from eval.report import metric_names, pick_examples, reported_metrics, run_title, write_report
 
 console = Console(stderr=True)
 
@@ -75,7 +79,7 @@ def evaluate(examples, rollout: Rollout, out_dir: Path, *, batch_size: int = 64,
             for traj, ex in zip(trajs, batch):
                 row = question_row(traj, ex, seconds=seconds)
                 rows.append(row)
-                score = {k: row[k] for k in ("em", "f1", "cover_em", "category", "gold_retrieved",
+                score = {k: row[k] for k in (*ANSWER_METRICS, "category", "gold_retrieved",
                                              "support_recall", "judge_labels", "seconds")}
                 records.append(trajectory_record(traj, ex, rollout.tokenizer, prompt_style=prompt_style, eval=score))
                 firsts.setdefault(row["category"], records[-1])
@@ -91,14 +95,18 @@ def evaluate(examples, rollout: Rollout, out_dir: Path, *, batch_size: int = 64,
 
 
 def print_metrics(metrics: dict, title: str) -> None:
+    """The run's answer metrics (the first with its CI) overall and by hops and data source."""
+    names = reported_metrics(metrics)
     table = Table(title=title)
-    for col in ("split", "n", "EM", "95% CI", "F1", "cover-EM", "searches/q"):
+    for col in ("split", "n", METRIC_LABELS[names[0]], "95% CI", *(METRIC_LABELS[n] for n in names[1:]), "searches/q"):
         table.add_column(col, justify="left" if col == "split" else "right")
-    lo, hi = metrics["em_ci"]
-    table.add_row("all", str(metrics["n"]), f"{metrics['em']:.3f}", f"{lo:.3f}-{hi:.3f}", f"{metrics['f1']:.3f}",
-                  f"{metrics['cover_em']:.3f}", f"{metrics['searches_per_question']:.2f}")
-    for hops, m in metrics.get("by_hops", {}).items():
-        table.add_row(f"{hops}-hop", str(m["n"]), f"{m['em']:.3f}", "", f"{m['f1']:.3f}", f"{m['cover_em']:.3f}",
+    lo, hi = metrics[f"{names[0]}_ci"]
+    table.add_row("all", str(metrics["n"]), f"{metrics[names[0]]:.3f}", f"{lo:.3f}-{hi:.3f}",
+                  *(f"{metrics[n]:.3f}" for n in names[1:]), f"{metrics['searches_per_question']:.2f}")
+    groups = [(f"{hops}-hop", m) for hops, m in metrics.get("by_hops", {}).items()]
+    groups += list(metrics.get("by_data_source", {}).items())
+    for label, m in groups:
+        table.add_row(label, str(m["n"]), f"{m[names[0]]:.3f}", "", *(f"{m[n]:.3f}" for n in names[1:]),
                       f"{m['searches_per_question']:.2f}")
     console.print(table)
     extras = [f"valid actions {metrics['valid_action_rate']:.3f}"]
@@ -118,8 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="the model of the direct / rag baselines: tiny, PATH or openai:URL")
     p.add_argument("--model-name", default=None, help="served model name, for openai:URL")
     p.add_argument("--tokenizer", default=None, help="local tokenizer for openai:URL (default: --model-name) or the oracle")
-    p.add_argument("--data", required=True, type=Path, help="a generated world directory or a QA file (.jsonl / .parquet)")
-    p.add_argument("--split", default="test", help="split of a world directory (default: test)")
+    p.add_argument("--data", required=True, type=Path, help="a QA file (.jsonl / .parquet) or a directory of them by split (a world, Search-R1's train/test.parquet)")
+    p.add_argument("--split", default="test", help="split of a --data directory (default: test)")
     p.add_argument("--index", default=None, help="index directory from `python -m retrieval.build`, or a server URL")
     p.add_argument("--out", required=True, type=Path, help="output directory for metrics.json, traces.jsonl, report.md")
     p.add_argument("--corpus", type=Path, default=None, help="corpus for the oracle's passage titles (default: DATA/corpus.jsonl)")
@@ -136,6 +144,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search-budget", type=int, default=None, help="searches allowed per question (a further one is an invalid action); also reported")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples for the CIs")
     p.add_argument("--report-examples", type=int, default=4, help="example traces in report.md")
+    p.add_argument("--metrics", type=metric_names, default=list(REPORTED_METRICS),
+                   help="answer metrics the table and report.md show, comma-separated: em, f1, cover_em (ours), "
+                        "squad_em (Search-R1's and FlashRAG's em), subem (Search-R1), acc and flashrag_f1 (FlashRAG); "
+                        f"metrics.json holds all (default: {','.join(REPORTED_METRICS)})")
     p.set_defaults(headline="em")
     preset = p.parse_known_args(argv)[0].preset
     if preset:  # the preset's values become defaults: explicit flags still win
@@ -192,7 +204,7 @@ def main(argv=None) -> dict:
         "split": args.split, "index": None if retriever is None else str(args.index), "preset": args.preset,
         "passages_per_search": args.passages_per_search, "max_turns": args.max_turns, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "prompt_style": style, "seed": args.seed, "limit": args.limit,
-        "headline": args.headline,
+        "headline": args.headline, "metrics": args.metrics,
     }
     metrics = evaluate(examples, rollout, args.out, batch_size=args.batch_size, prompt_style=style, config=config,
                        resamples=args.resamples, seed=args.seed, search_budget=args.search_budget,

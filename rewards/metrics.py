@@ -3,9 +3,25 @@
 `question_row(traj, example)` scores one question; `summarize_rows` aggregates rows and
 `summarize(trajs, examples)` does both. What is measured:
 
-- **EM, cover-EM, F1** against every gold alias after SQuAD normalisation
-  (`rewards.outcome`), with percentile-bootstrap intervals for EM and F1
-  (`em_ci`, `f1_ci`; see `rewards.bootstrap`), overall, by hop count and by question type.
+- **answer metrics** (`ANSWER_METRICS`), each against every gold alias, with a
+  percentile-bootstrap interval (`em_ci`, ...; see `rewards.bootstrap`), overall, by hop
+  count, by question type and by data source (Search-R1's `data_source`):
+
+  | name          | rule                                                                      |
+  | ------------- | ------------------------------------------------------------------------- |
+  | `em`          | ours: normalised answer equals a gold alias (`rewards.outcome`)           |
+  | `cover_em`    | ours: a gold alias appears inside the answer as whole words               |
+  | `f1`          | ours: token F1 of the best alias                                          |
+  | `squad_em`    | Search-R1's `em` (`em_check`) = FlashRAG's `em`                           |
+  | `subem`       | Search-R1's `subem` (`subem_check`): a gold alias is a substring          |
+  | `acc`         | FlashRAG's `acc` (`Sub_ExactMatch`): the same substring rule              |
+  | `flashrag_f1` | FlashRAG's `f1` (`F1_Score`): yes / no / noanswer score 0 unless exact    |
+
+  Ours normalise as SQuAD does and also drop curly quotes (‘ ’ “ ”); the peers' metrics
+  use SQuAD's normalisation as they do, so they reproduce the peers' figures. They part
+  from ours where a quote is curly (`“Velmora”`), where a gold is part of a word
+  (`1990` in `1990s`, any CJK answer inside a CJK sentence: no spaces separate its
+  words) and, for F1, on yes / no answers and answers that normalise to nothing.
 - **searches, turns** (actions: search, judge, answer, invalid) per question, and the
   **valid-action rate** (share of actions that were not invalid). Turns and the rate
   count the actions the policy generated; an action the environment forced (the `rag`
@@ -50,17 +66,20 @@
 
 from __future__ import annotations
 
+import re
+import string
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from statistics import fmean
 
 from agent.types import Example, Step, Trajectory
 from rewards.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
 from rewards.judge import Scorer, ideal_labels, passage_has_answer
-from rewards.outcome import cover_exact_match, exact_match, f1_score
+from rewards.outcome import cover_exact_match, exact_match, f1_score, gold_list
 
 __all__ = [
-    "ACTION_KINDS", "ERROR_CATEGORIES", "score_answers", "support_recall", "gold_retrieved",
+    "ACTION_KINDS", "ERROR_CATEGORIES", "ANSWER_METRICS", "METRIC_LABELS", "REPORTED_METRICS", "squad_normalize",
+    "squad_em", "substring_em", "flashrag_f1", "score_answers", "support_recall", "gold_retrieved",
     "error_category", "question_row", "summarize_rows", "summarize",
 ]
 
@@ -69,13 +88,89 @@ ERROR_CATEGORIES = ("correct", "gold_not_retrieved", "wrong_with_gold", "no_answ
 _UNANSWERED = {"invalid": "invalid_action", "max_turns": "no_answer", "max_tokens": "budget_exhausted"}
 
 
+# -- the peers' answer metrics ---------------------------------------------------------------
+# As Search-R1 (verl/utils/reward_score/qa_em.py) and FlashRAG (flashrag/evaluator/metrics.py
+# and utils.py) compute them, rule for rule, so that a figure here is comparable to theirs.
+# FlashRAG's regex matching of gold answers, which it switches on for CuratedTREC only, is
+# not reproduced.
+
+_SQUAD_PUNCT = frozenset(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_FLASHRAG_BINARY = ("yes", "no", "noanswer")
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's normalisation as both peers have it: ASCII punctuation only (curly quotes stay).
+
+    >>> squad_normalize("The “Velmora” Prize!")
+    '“velmora” prize'
+    """
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCT)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def squad_em(prediction: str | None, golds: str | Sequence[str]) -> float:
+    """Search-R1's `em_check` and FlashRAG's `em`: the normalised prediction equals a gold."""
+    if prediction is None:
+        return 0.0
+    pred = squad_normalize(prediction)
+    return float(any(squad_normalize(g) == pred for g in gold_list(golds)))
+
+
+def substring_em(prediction: str | None, golds: str | Sequence[str]) -> float:
+    """Search-R1's `subem_check` and FlashRAG's `acc`: a normalised gold is a substring of the
+    normalised prediction, inside words too (a gold that normalises to nothing always matches).
+
+    >>> substring_em("the 1990s", ["1990"]), cover_exact_match("the 1990s", ["1990"])
+    (1.0, 0.0)
+    """
+    if prediction is None:
+        return 0.0
+    pred = squad_normalize(prediction)
+    return float(any(squad_normalize(g) in pred for g in gold_list(golds)))
+
+
+def flashrag_f1(prediction: str | None, golds: str | Sequence[str]) -> float:
+    """FlashRAG's `f1` (`F1_Score.token_level_scores`): token F1 of the best gold, where a
+    yes / no / noanswer prediction or gold scores 0 unless the two are equal, and no shared
+    token scores 0 (two empty answers too).
+
+    >>> flashrag_f1("no", ["no way"]), f1_score("no", ["no way"])
+    (0.0, 0.6666666666666666)
+    """
+    if prediction is None:
+        return 0.0
+    pred = squad_normalize(prediction)
+    best = 0.0
+    for gold in gold_list(golds):
+        gold = squad_normalize(gold)
+        if (pred in _FLASHRAG_BINARY or gold in _FLASHRAG_BINARY) and pred != gold:
+            continue
+        pred_tokens, gold_tokens = pred.split(), gold.split()
+        common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+        if common:
+            precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+# Every answer metric by the name metrics.json, traces and reports use; eval.run --metrics picks
+# the ones its table and report show (all are always computed and saved).
+ANSWER_METRICS: dict[str, Callable[[str | None, str | Sequence[str]], float]] = {
+    "em": exact_match, "f1": f1_score, "cover_em": cover_exact_match,
+    "squad_em": squad_em, "subem": substring_em, "acc": substring_em, "flashrag_f1": flashrag_f1,
+}
+METRIC_LABELS = {
+    "em": "EM", "f1": "F1", "cover_em": "cover-EM", "squad_em": "EM (Search-R1, FlashRAG)",
+    "subem": "subEM (Search-R1)", "acc": "acc (FlashRAG)", "flashrag_f1": "F1 (FlashRAG)",
+}
+REPORTED_METRICS = ("em", "f1", "cover_em")
+
+
 def score_answers(traj: Trajectory, example: Example) -> dict[str, float]:
+    """Every metric of `ANSWER_METRICS` for one trajectory's answer."""
     golds = list(example.answers)
-    return {
-        "em": exact_match(traj.answer, golds),
-        "cover_em": cover_exact_match(traj.answer, golds),
-        "f1": f1_score(traj.answer, golds),
-    }
+    return {name: metric(traj.answer, golds) for name, metric in ANSWER_METRICS.items()}
 
 
 def _retrieved_ids(traj: Trajectory) -> set[str]:
@@ -137,6 +232,7 @@ def question_row(traj: Trajectory, example: Example, *, seconds: float | None = 
         "category": error_category(traj, example, scores["em"]),
         "hops": example.meta.get("hops"),
         "type": example.meta.get("type"),
+        "data_source": example.meta.get("data_source"),
         "finish": traj.finish,
         "searches": sum(s.kind == "search" for s in traj.steps),
         "turns": len(actions),
@@ -168,9 +264,7 @@ def _mean(values) -> float:
 def _scores(rows: list[dict]) -> dict:
     return {
         "n": len(rows),
-        "em": _mean(r["em"] for r in rows),
-        "f1": _mean(r["f1"] for r in rows),
-        "cover_em": _mean(r["cover_em"] for r in rows),
+        **{name: _mean(r[name] for r in rows) for name in ANSWER_METRICS},
         "searches_per_question": _mean(r["searches"] for r in rows),
     }
 
@@ -190,8 +284,8 @@ def summarize_rows(rows: Sequence[dict], *, resamples: int = DEFAULT_RESAMPLES, 
         raise ValueError("no questions to summarize")
     n_actions = sum(r["turns"] for r in rows)
     out = _scores(rows)
-    out["em_ci"] = list(bootstrap_ci([r["em"] for r in rows], resamples=resamples, seed=seed))
-    out["f1_ci"] = list(bootstrap_ci([r["f1"] for r in rows], resamples=resamples, seed=seed))
+    for name in ANSWER_METRICS:
+        out[f"{name}_ci"] = list(bootstrap_ci([r[name] for r in rows], resamples=resamples, seed=seed))
     out["bootstrap"] = {"resamples": resamples, "seed": seed, "confidence": 0.95}
     out["valid_action_rate"] = 1 - sum(r["invalid"] for r in rows) / n_actions if n_actions else 0.0
     out["turns_per_question"] = _mean(r["turns"] for r in rows)
@@ -213,7 +307,7 @@ def summarize_rows(rows: Sequence[dict], *, resamples: int = DEFAULT_RESAMPLES, 
     if search_budget is not None:
         out["search_budget"] = search_budget
         out["over_search_budget"] = sum(r["searches"] > search_budget for r in rows)
-    for key in ("hops", "type"):
+    for key in ("hops", "type", "data_source"):
         groups = defaultdict(list)
         for r in rows:
             if r[key] is not None:

@@ -25,37 +25,54 @@ from agent.types import Example, Trajectory
 from rewards.base import Score, check_batch, number
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+# SQuAD's ASCII punctuation and the curly quotes models write around names: “Velmora” is Velmora.
+_PUNCT = str.maketrans("", "", string.punctuation + "‘’“”")
 
 
 def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and articles, fold white space (SQuAD)."""
+    """Lower-case, drop punctuation (curly quotes too) and articles, fold white space (SQuAD).
+
+    >>> normalize_answer("“The Ashen Lantern”")
+    'ashen lantern'
+    """
     text = text.lower().translate(_PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
+def gold_list(golds: str | Sequence[str]) -> Sequence[str]:
+    """The gold answers; a bare string is one answer, as Search-R1 and FlashRAG take it
+    (iterating it would match its single characters)."""
+    return [golds] if isinstance(golds, str) else golds
+
+
+def exact_match(prediction: str | None, golds: str | Sequence[str]) -> float:
+    """1 when the normalised prediction equals a normalised gold alias.
+
+    >>> exact_match("Paris", "Paris"), exact_match("P", "Paris")
+    (1.0, 0.0)
+    """
     if prediction is None:
         return 0.0
     pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in golds))
+    return float(any(pred == normalize_answer(g) for g in gold_list(golds)))
 
 
-def cover_exact_match(prediction: str | None, golds: Sequence[str]) -> float:
-    """1 when a normalised gold answer appears inside the normalised prediction."""
+def cover_exact_match(prediction: str | None, golds: str | Sequence[str]) -> float:
+    """1 when a normalised gold answer appears inside the normalised prediction as whole
+    words ("1990" is not inside "1990s"; see `rewards.metrics` for the peers' substring rule)."""
     if prediction is None:
         return 0.0
     pred = f" {normalize_answer(prediction)} "
-    return float(any(f" {normalize_answer(g)} " in pred for g in golds if normalize_answer(g)))
+    return float(any(f" {normalize_answer(g)} " in pred for g in gold_list(golds) if normalize_answer(g)))
 
 
-def f1_score(prediction: str | None, golds: Sequence[str]) -> float:
+def f1_score(prediction: str | None, golds: str | Sequence[str]) -> float:
     """Token-level F1 of the best-matching gold alias."""
     if prediction is None:
         return 0.0
     pred_tokens = normalize_answer(prediction).split()
     best = 0.0
-    for gold in golds:
+    for gold in gold_list(golds):
         gold_tokens = normalize_answer(gold).split()
         common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
         if not pred_tokens or not gold_tokens:

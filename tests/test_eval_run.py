@@ -4,6 +4,7 @@ baselines to the token and end to end on the hand-written small QA set, and CLI 
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from agent.prompts import OBSERVATION_CLOSE, OBSERVATION_OPEN, passage_header, render_prompt_ids
@@ -11,9 +12,11 @@ from agent.rollout import RolloutConfig
 from agent.traces import read_traces
 from agent.types import Example
 from eval.baselines import OneTurnRollout
+from eval.report import main as report_main
 from eval.run import main, parse_args
 from fakes import PASSAGES, FixedRetriever, ScriptedEngine, world_with_index
 from retrieval.build import build_index
+from rewards.metrics import ANSWER_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +138,39 @@ def test_direct_baseline_never_retrieves(tiny_model_dir, tmp_path):
     assert all([s["kind"] for s in t["steps"]] in (["answer"], ["invalid"]) for t in traces)
     assert metrics["searches_per_question"] == 0.0 and metrics["support_recall"] == 0.0
     assert metrics["config"]["index"] is None and (out / "report.md").exists()
+
+
+def test_a_search_r1_directory_reports_the_peers_metrics(tiny_model_dir, tmp_path):
+    """--data takes Search-R1's train/test.parquet directory; --metrics picks the answer metrics
+    the table and report.md show, grouped by data source; metrics.json holds every one."""
+    data = tmp_path / "nq_search"
+    data.mkdir()
+    records = [json.loads(line) for line in QA_SMALL.read_text().splitlines()]
+    rows = [{"id": f"test_{i}", "question": r["question"], "golden_answers": r["golden_answers"],
+             "data_source": "nq" if i < 6 else "hotpotqa", "ability": "fact-reasoning",
+             "prompt": [{"role": "user", "content": f"Answer the given question. ... Question: {r['question']}\n"}],
+             "reward_model": {"style": "rule", "ground_truth": {"target": r["golden_answers"]}},
+             "extra_info": {"split": "test", "index": i}} for i, r in enumerate(records)]
+    datasets.Dataset.from_list(rows).to_parquet(str(data / "test.parquet"))
+    out = tmp_path / "run"
+    metrics = main(["--policy", "direct", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                    "--max-new-tokens", "6", "--resamples", "100", "--metrics", "subem,acc,flashrag_f1"])
+    assert metrics["n"] == 10 and metrics["config"]["metrics"] == ["subem", "acc", "flashrag_f1"]
+    assert {k: m["n"] for k, m in metrics["by_data_source"].items()} == {"nq": 6, "hotpotqa": 4}
+    traces = read_traces(out / "traces.jsonl")
+    assert [t["example_id"] for t in traces] == [f"{'nq' if i < 6 else 'hotpotqa'}-test_{i}" for i in range(10)]
+    for name, metric in ANSWER_METRICS.items():
+        scores = [metric(t["answer"], t["golden_answers"]) for t in traces]
+        assert [t["eval"][name] for t in traces] == scores and metrics[name] == pytest.approx(sum(scores) / 10)
+    report = (out / "report.md").read_text()
+    assert "| subEM (Search-R1) [95% CI] |" in report and "| acc (FlashRAG) [95% CI] |" in report
+    assert "| EM [95% CI] |" not in report and "## By data source" in report
+    report_main([str(out), "--metrics", "squad_em,em"])  # rewritten from metrics.json with other metrics
+    report = (out / "report.md").read_text()
+    assert "| EM (Search-R1, FlashRAG) [95% CI] |" in report and "| EM [95% CI] |" in report
+    assert "subEM" not in report
+    with pytest.raises(SystemExit):
+        parse_args(["--policy", "direct", "--data", str(data), "--out", str(out), "--metrics", "em,bleu"])
 
 
 def test_bad_qa_file_names_file_and_line(tiny_model_dir, tmp_path):

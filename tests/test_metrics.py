@@ -4,7 +4,8 @@ import pytest
 
 from agent.types import Example, Passage, Segment, Step, Trajectory
 from rewards.bootstrap import bootstrap_ci, paired_bootstrap
-from rewards.metrics import ERROR_CATEGORIES, error_category, gold_retrieved, question_row, summarize
+from rewards.metrics import (ANSWER_METRICS, ERROR_CATEGORIES, error_category, gold_retrieved, question_row,
+                             summarize)
 
 D1 = Passage("d1", "Orin Kale", "Orin Kale was born in Dastmoor.", 0.9)
 D2 = Passage("d2", "Orin Kael", "Orin Kael was born in Velmora.", 0.8)
@@ -61,10 +62,15 @@ def test_every_category_once_and_hand_computed_aggregates():
     assert m["support_recall"] == pytest.approx(0.5)
     assert m["errors"] == {c: 1 for c in ERROR_CATEGORIES}
     assert m["finish"] == {"answered": 3, "invalid": 1, "max_tokens": 1, "max_turns": 1}
+    # The peers' metrics agree with ours on these plain ASCII answers.
+    peers = {"squad_em": 1 / 6, "subem": 2 / 6, "acc": 2 / 6, "flashrag_f1": (1 + 4 / 7) / 6}
+    assert {k: m[k] for k in peers} == pytest.approx(peers)
     assert m["by_hops"] == {"1": {"n": 6, "em": pytest.approx(1 / 6), "f1": pytest.approx((1 + 4 / 7) / 6),
-                                  "cover_em": pytest.approx(2 / 6), "searches_per_question": pytest.approx(5 / 6)}}
-    lo, hi = m["em_ci"]
-    assert lo <= m["em"] <= hi
+                                  "cover_em": pytest.approx(2 / 6), **{k: pytest.approx(v) for k, v in peers.items()},
+                                  "searches_per_question": pytest.approx(5 / 6)}}
+    for name in ("em", "f1", "cover_em", *peers):
+        lo, hi = m[f"{name}_ci"]
+        assert lo <= m[name] <= hi
 
 
 def test_keys_absent_without_labels_or_judges():
@@ -121,6 +127,40 @@ def test_mismatched_inputs_are_errors():
         question_row(traj([], example_id="other"), EX)
     with pytest.raises(ValueError, match="finish 'answered'"):
         error_category(traj([], None, finish="answered"), EX)
+
+
+# ----------------------------------------------------------------------------- ours and the peers'
+
+# Where our answer metrics and Search-R1's / FlashRAG's part, each value worked out by hand from
+# their rules: ours drop curly quotes and match whole words; theirs keep curly quotes and match
+# substrings; FlashRAG's F1 scores yes / no against anything else 0 and two empty answers 0.
+PARTING = [
+    # prediction, golds, {em, cover_em, f1} (ours), {squad_em, subem, acc, flashrag_f1} (peers)
+    ("“Velmora”", ["Velmora"], (1, 1, 1), (0, 1, 1, 0)),  # curly quotes stay in theirs: still a substring
+    ("O’Neill", ["O'Neill"], (1, 1, 1), (0, 0, 0, 0)),  # a curly apostrophe parts the word in theirs
+    ("他出生于北京市", ["北京"], (0, 0, 0), (0, 1, 1, 0)),  # CJK has no spaces: no whole word to match
+    ("the 1990s", ["1990"], (0, 0, 0), (0, 1, 1, 0)),  # a gold inside a word
+    ("yes it is", ["yes"], (0, 1, 0.5), (0, 1, 1, 0)),  # yes / no: F1 0 in FlashRAG unless exact
+    ("no", ["no way"], (0, 0, 2 / 3), (0, 0, 0, 0)),
+    ("Yes.", ["yes"], (1, 1, 1), (1, 1, 1, 1)),
+    ("The", ["A"], (1, 0, 1), (1, 1, 1, 0)),  # both normalise to nothing: F1 1 in ours, 0 in FlashRAG
+    ("Paris", ["The"], (0, 0, 0), (0, 1, 1, 0)),  # an empty gold is a substring of anything
+]
+
+
+@pytest.mark.parametrize("prediction, golds, ours, peers", PARTING)
+def test_our_metrics_and_the_peers_part_where_their_rules_do(prediction, golds, ours, peers):
+    names = ("em", "cover_em", "f1", "squad_em", "subem", "acc", "flashrag_f1")
+    got = {name: ANSWER_METRICS[name](prediction, golds) for name in names}
+    assert got == pytest.approx(dict(zip(names, ours + peers)))
+
+
+@pytest.mark.parametrize("name", sorted(ANSWER_METRICS))
+def test_a_bare_string_gold_is_one_answer(name):
+    metric = ANSWER_METRICS[name]
+    for prediction in ("P", "s", "Paris", "in Paris", None):
+        assert metric(prediction, "Paris") == metric(prediction, ["Paris"]), prediction
+    assert metric("s", "Paris") == 0.0  # not the letter s of Paris
 
 
 # ----------------------------------------------------------------------------- bootstrap
