@@ -4,9 +4,11 @@
     python -m retrieval.build --corpus data/world-0/corpus.jsonl --out indexes/world-0 --method hybrid \
         --model intfloat/e5-base-v2 --factory HNSW32
 
-The directory is written under a temporary name and renamed when complete, so a killed
-build never leaves a half index that `open_retriever` would try to read. Rebuilding over
-an existing index replaces it; any other non-empty directory is left alone (an error).
+The index is built under a temporary name and moved into place when complete, so a killed
+build never leaves a half index that `open_retriever` would try to read. The build owns
+`index.json`, `dense/` and `bm25/` in `--out` and nothing else: rebuilding over an index
+replaces those, and a directory holding anything more is refused unless `--overwrite`,
+which replaces only those three and keeps the rest.
 """
 
 from __future__ import annotations
@@ -21,22 +23,26 @@ from pathlib import Path
 
 from retrieval.meta import INDEX_META, METHODS
 
-__all__ = ["build_index", "main"]
+__all__ = ["build_index", "ensure_index", "main", "INDEX_ENTRIES"]
+
+# What a build writes in its directory: the only entries it ever replaces or removes there.
+INDEX_ENTRIES = (INDEX_META, "dense", "bm25")
 
 
 def build_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method: str = "dense", *,
                 model: str | None = None, factory: str = "Flat", search_params: str | None = None,
                 batch_size: int | None = None, query_prefix: str | None = None, passage_prefix: str | None = None,
-                progress: bool | None = None, encoder=None) -> dict:
+                progress: bool | None = None, encoder=None, overwrite: bool = False) -> dict:
     """Write an index directory; returns its `index.json` content.
 
     `encoder` reuses an already loaded `Encoder` (then `model`, the prefixes and
-    `batch_size` are its own).
+    `batch_size` are its own). `out` may be new, empty or a previous index; `overwrite`
+    also allows a directory holding other files, which are kept.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     out = Path(out)
-    _check_replaceable(out)
+    _check_target(out, overwrite)
     from retrieval.corpus import load_corpus
 
     started = time.perf_counter()
@@ -68,9 +74,7 @@ def build_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method: 
             BM25Retriever.build(corpus, progress=progress).save(staging / "bm25")
         meta["build_seconds"] = round(time.perf_counter() - started, 2)
         (staging / INDEX_META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return meta
@@ -87,12 +91,35 @@ def ensure_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method:
     return out
 
 
-def _check_replaceable(out: Path) -> None:
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse a directory holding anything a build did not write, unless `overwrite`."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, expected a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / INDEX_META).exists():
-        raise ValueError(f"--out {out}: directory exists, is not empty and is not a retrieval index; "
-                         f"refusing to replace it (choose another --out or remove it)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in INDEX_ENTRIES) if out.is_dir() else []
+    if foreign and not overwrite:
+        raise ValueError(f"--out {out}: holds {foreign[0]!r}, which is not part of a retrieval index; refusing "
+                         f"to build there (choose another --out, or pass --overwrite to replace only "
+                         f"{', '.join(INDEX_ENTRIES)} and keep the rest)")
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Put the built index at `out`: a rename when `out` is new; else replace only the index's
+    own entries, index.json last, so that a directory with an index.json holds a whole index."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    for name in INDEX_ENTRIES:  # index.json first: a half-replaced index is no index
+        _remove(out / name)
+    for name in reversed(INDEX_ENTRIES):  # index.json last
+        if (staging / name).exists():
+            (staging / name).rename(out / name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-prefix", default=None, help="prefix for queries (default: 'query: ' for e5 models)")
     parser.add_argument("--passage-prefix", default=None,
                         help="prefix for passages (default: 'passage: ' for e5 models)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="build into a directory that holds other files too: replace only index.json, dense/ "
+                             "and bm25/ there and keep the rest")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -119,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = build_index(args.corpus, args.out, args.method, model=args.model, factory=args.factory,
                            search_params=args.search_params, batch_size=args.batch_size,
-                           query_prefix=args.query_prefix, passage_prefix=args.passage_prefix)
+                           query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+                           overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         return 2
     table = Table(title=f"index written to {args.out}", show_header=False)
     for key, value in meta.items():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from retrieval.bm25 import BM25Retriever
-from retrieval.build import build_index
+from retrieval.build import build_index, ensure_index
 from retrieval.build import main as build_main
 from retrieval.cache import CachedRetriever
 from retrieval.corpus import Corpus, load_corpus
@@ -258,8 +258,40 @@ def test_open_retriever_errors_say_what_to_do(tmp_path):
     (tmp_path / "junk" / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="not a retrieval index"):
         open_retriever(tmp_path / "junk")
-    with pytest.raises(ValueError, match="not a retrieval index"):
+    with pytest.raises(ValueError, match="holds 'notes.txt', which is not part of a retrieval index"):
         build_index(CORPUS_PATH, tmp_path / "junk", "bm25")
+
+
+def test_a_rebuild_never_deletes_what_the_build_did_not_write(tmp_path, capsys, encoder):
+    out = tmp_path / "idx"
+    build_index(CORPUS_PATH, out, "hybrid", encoder=encoder, progress=False)
+    (out / "notes.txt").write_text("mine")
+    (out / "eval").mkdir()
+    (out / "eval" / "run.json").write_text("{}")
+    before = (out / "index.json").read_text()
+    args = ["--corpus", str(CORPUS_PATH), "--out", str(out), "--method", "bm25"]
+    assert build_main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(out) in error and "'eval'" in error and "--overwrite" in error
+    assert (out / "index.json").read_text() == before and (out / "dense").is_dir()  # nothing touched
+
+    assert build_main([*args, "--overwrite"]) == 0
+    assert json.loads((out / "index.json").read_text())["method"] == "bm25"
+    assert not (out / "dense").exists()  # the previous build's own entries are replaced
+    assert (out / "notes.txt").read_text() == "mine" and (out / "eval" / "run.json").read_text() == "{}"
+    assert isinstance(open_retriever(out, cache_size=0), BM25Retriever)
+    assert not list(tmp_path.glob(".idx.building-*"))
+
+
+def test_ensure_index_builds_once_and_refuses_a_foreign_directory(tmp_path):
+    out = ensure_index(CORPUS_PATH, tmp_path / "idx", "bm25")
+    stamp = (out / "index.json").stat().st_mtime_ns
+    assert ensure_index(CORPUS_PATH, out, "bm25") == out and (out / "index.json").stat().st_mtime_ns == stamp
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds 'notes.txt'"):
+        ensure_index(CORPUS_PATH, tmp_path / "other", "bm25")
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
 def test_build_and_search_clis(tmp_path, capsys):

@@ -14,6 +14,7 @@ from agent.data.world import (
     RELATIONS,
     World,
     WorldConfig,
+    ensure_world,
     generate_world,
     iter_passages,
     iter_questions,
@@ -231,6 +232,41 @@ def test_cli_writes_every_file_and_a_consistent_description(tmp_path):
         assert len(records) == wanted == summary["questions"][split]["total"]
         assert {q["metadata"]["hops"] for q in records} <= {1, 2}
         assert all(q["metadata"]["split"] == split for q in records)
+
+
+def test_a_world_is_never_written_among_other_files(tmp_path):
+    def write(seed: int, *extra: str) -> dict:
+        return main(["--seed", str(seed), "--entities", "150", "--out", str(tmp_path), *extra])
+
+    write(5)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {name: (tmp_path / name).read_bytes() for name in FILES}
+    with pytest.raises(SystemExit) as exit_:
+        write(6)
+    message = str(exit_.value)
+    assert "\n" not in message and str(tmp_path) in message and "'notes.txt'" in message and "--overwrite" in message
+    assert {name: (tmp_path / name).read_bytes() for name in FILES} == before  # nothing written
+
+    write(6, "--overwrite")
+    assert json.loads((tmp_path / "world.json").read_text())["seed"] == 6
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "notes.txt").unlink()
+    write(7)  # a previous world alone is simply replaced
+    assert json.loads((tmp_path / "world.json").read_text())["seed"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+
+
+def test_ensure_world_generates_once_and_refuses_a_foreign_directory(tmp_path):
+    world_dir = ensure_world(tmp_path / "w", seed=3, entities=150)
+    stamp = (world_dir / "world.json").stat().st_mtime_ns
+    assert sorted(p.name for p in world_dir.iterdir()) == sorted(FILES)
+    assert ensure_world(world_dir, seed=3, entities=150) == world_dir
+    assert (world_dir / "world.json").stat().st_mtime_ns == stamp
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to write a world"):
+        ensure_world(tmp_path / "other", seed=3, entities=150)
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
 def test_bad_knobs_are_rejected_with_the_field_named():

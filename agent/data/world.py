@@ -30,6 +30,10 @@ the config, and nothing depends on set or hash order. Generation is linear in th
 of entities; passages and questions are rendered lazily, so writing streams.
 
     python -m agent.data.world --seed 0 --entities 2000 --out data/world-0
+
+A world is the files `WORLD_FILES` of its directory and nothing else: writing one over a
+previous world replaces them, and a directory holding anything more is refused unless
+`--overwrite`, which replaces only them and keeps the rest.
 """
 
 from __future__ import annotations
@@ -66,9 +70,11 @@ __all__ = [
     "iter_questions",
     "parse_hops",
     "main",
+    "WORLD_FILES",
 ]
 
 SPLITS = ("train", "dev", "test")
+WORLD_FILES = ("corpus.jsonl", *(f"{split}.jsonl" for split in SPLITS), "world.json")
 SHARED = "shared"
 # Share of the named (non-country) entities per kind, in creation order: a kind may only
 # point at kinds created before it, so every relation finds a target in its split.
@@ -173,9 +179,12 @@ def _assign_facts(rng: random.Random, cfg: WorldConfig, entity: Entity, entities
 
 # ----------------------------------------------------------------------------- files
 
-def write_world(world: World, out_dir: str | Path, progress: bool = False) -> dict:
-    """Write corpus.jsonl, {train,dev,test}.jsonl and world.json; returns the summary counts."""
+def write_world(world: World, out_dir: str | Path, progress: bool = False, overwrite: bool = False) -> dict:
+    """Write corpus.jsonl, {train,dev,test}.jsonl and world.json; returns the summary counts.
+    `out_dir` may be new, empty or a previous world; `overwrite` also allows a directory
+    holding other files, which are kept."""
     out = Path(out_dir)
+    _check_target(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     n_passages = 0
     entities: Iterable[Entity] = world.entities
@@ -232,6 +241,18 @@ def _write_description(world: World, summary: dict, path: Path) -> None:
         f.write("  ]\n}\n")
 
 
+def _check_target(out: Path, overwrite: bool = False) -> None:
+    """Refuse a directory holding anything but a world's files, unless `overwrite`: a world
+    written among other files would mix with them."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, expected a directory path")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in WORLD_FILES) if out.is_dir() else []
+    if foreign and not overwrite:
+        raise ValueError(f"{out}: holds {foreign[0]!r}, which is not part of a generated world; refusing to write "
+                         f"a world there (choose another --out, or pass --overwrite to replace only "
+                         f"{', '.join(WORLD_FILES)} and keep the rest)")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def ensure_world(data_dir: str | Path, seed: int = 0, entities: int = 2000) -> Path:
@@ -276,16 +297,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--comparison-rate", type=float, default=WorldConfig.comparison_rate)
     for split in SPLITS:
         parser.add_argument(f"--{split}-questions", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a directory that holds other files too: replace only the world's files "
+                             "there and keep the rest")
     args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k != "out" and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite") and v is not None}
     try:
         cfg = WorldConfig(**options)
     except ValueError as error:
         parser.error(str(error))
+    try:
+        _check_target(Path(args.out), args.overwrite)  # before generating: refuse at once
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     console = Console(stderr=True)
     start = time.perf_counter()
     world = generate_world(cfg, progress=True)
-    summary = write_world(world, args.out, progress=True)
+    summary = write_world(world, args.out, progress=True, overwrite=args.overwrite)
     _print_summary(console, summary, args.out, time.perf_counter() - start)
     for split in SPLITS:
         if summary["questions"][split]["total"] < cfg.questions(split):
