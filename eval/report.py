@@ -21,7 +21,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rewards.metrics import ANSWER_METRICS, ERROR_CATEGORIES, METRIC_LABELS, REPORTED_METRICS, fmt, markdown_table
+from rewards.metrics import (
+    ANSWER_METRICS,
+    ERROR_CATEGORIES,
+    METRIC_LABELS,
+    REPORTED_METRICS,
+    fmt,
+    markdown_table,
+)
 
 __all__ = ["markdown_table", "render_report", "render_trace", "write_report", "CATEGORY_MEANING",
            "metric_names", "reported_metrics"]

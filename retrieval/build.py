@@ -23,7 +23,7 @@ from pathlib import Path
 
 from retrieval.meta import INDEX_META, METHODS
 
-__all__ = ["build_index", "ensure_index", "main", "INDEX_ENTRIES"]
+__all__ = ["INDEX_ENTRIES", "build_index", "ensure_index", "main"]
 
 # What a build writes in its directory: the only entries it ever replaces or removes there.
 INDEX_ENTRIES = (INDEX_META, "dense", "bm25")
