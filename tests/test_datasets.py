@@ -128,6 +128,19 @@ def test_a_search_r1_data_directory_loads_as_its_train_and_test_splits(tmp_path)
         load_qa(tmp_path)
 
 
+def test_training_on_a_search_r1_directory_has_no_dev_split_and_loads_train_and_test(tmp_path):
+    from types import SimpleNamespace
+
+    from train.questions import load_questions
+
+    for split, n in (("train", 3), ("test", 2)):
+        datasets.Dataset.from_list(nq_search_rows(split, n)).to_parquet(str(tmp_path / f"{split}.parquet"))
+    cfg = SimpleNamespace(data=str(tmp_path), train_data=None, eval_questions=200, test_questions=500)
+    train, dev, test = load_questions(cfg)
+    assert ([e.id for e in train], dev, [e.id for e in test]) == (
+        ["nq-train_0", "nq-train_1", "nq-train_2"], [], ["nq-test_0", "nq-test_1"])
+
+
 def test_a_merged_search_r1_file_keeps_questions_of_each_source_apart(tmp_path):
     """qa_search_test_merge.py concatenates datasets whose FlashRAG ids repeat (test_0 in nq and in triviaqa)."""
     path = tmp_path / "test.parquet"

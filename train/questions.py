@@ -26,8 +26,11 @@ def next_questions(examples: list, cursor: dict, n: int, seed: int) -> tuple[lis
 
 def load_questions(cfg) -> tuple[list, list, list]:
     """(train, dev, test) questions; train questions of another dataset leave out any that names
-    one of `data`'s dev/test entities (a chance collision of generated names)."""
-    from agent.data.qa import load_qa
+    one of `data`'s dev/test entities (a chance collision of generated names). A `data` directory
+    without a dev split (Search-R1's holds train and test) gives no dev questions."""
+    from pathlib import Path
+
+    from agent.data.qa import load_qa, qa_splits
     from train.demos import examples_without_names, held_out_names
 
     train = load_qa(cfg.train_data or cfg.data, "train")
@@ -35,7 +38,8 @@ def load_questions(cfg) -> tuple[list, list, list]:
         train = examples_without_names(train, held_out_names(cfg.data))
         if not train:
             raise ValueError(f"no train question left: every one names a dev/test entity of {cfg.data}")
-    dev = load_qa(cfg.data, "dev")[: cfg.eval_questions]
+    has_dev = not Path(cfg.data).is_dir() or "dev" in qa_splits(cfg.data)
+    dev = load_qa(cfg.data, "dev")[: cfg.eval_questions] if has_dev else []
     test = load_qa(cfg.data, "test")[: cfg.test_questions] if cfg.test_questions else []
     return train, dev, test
 
