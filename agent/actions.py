@@ -6,9 +6,16 @@ A turn is optional free `<think>...</think>` text followed by exactly one action
     <judge>useful</judge>  |  <judge>not useful: a short reason</judge>
     <answer>text</answer>
 
-Anything else is an `invalid` action carrying the reason, which the rollout loop turns
-into a corrective message. Generation stops at a closing tag, so text after the action
-is rare; whitespace and end-of-turn markers there are tolerated.
+and nothing else. In particular (anything else is an `invalid` action carrying the reason,
+which the rollout loop turns into a corrective message):
+- `<information>` is written by the environment only: the policy writing it anywhere, even
+  inside `<think>`, is invalid (a forged observation must not pass for a retrieved one);
+- an action's body is plain text: a tag inside it (`<search><answer>x</search>`) is invalid,
+  and so is a protocol tag inside `<think>`;
+- a body that is empty once whitespace, zero-width characters (U+200B-U+200D, U+2060,
+  U+FEFF) and control characters (NUL, ...) are stripped from its ends is no action.
+Generation stops at a closing tag, so text after the action is rare; whitespace and
+end-of-turn markers there are tolerated.
 
 >>> parse_action("<think>find the founder</think><search>Zentrova founder</search>")
 Action(kind='search', text='Zentrova founder', think='find the founder', error=None)
@@ -16,6 +23,8 @@ Action(kind='search', text='Zentrova founder', think='find the founder', error=N
 'not useful'
 >>> parse_action("<search></search>").error
 'empty search query'
+>>> parse_action("<search><answer>x</search>").error
+'<answer> inside <search>'
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ _TAG = re.compile(r"<(/?)([A-Za-z_][A-Za-z0-9_\-]*)>")
 _ACTION = re.compile(r"<(search|judge|answer)>(.*?)</\1>", re.DOTALL)
 # End-of-turn markers a chat model may emit after its action.
 _TRAILING_OK = re.compile(r"^(\s|<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|</s>)*$")
+# What a body is stripped of at both ends: whitespace, control characters (Unicode Cc: NUL,
+# ESC, DEL, ...) and zero-width characters, none of which a reader sees.
+_BLANK = r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]+"
+_BLANK_ENDS = re.compile(f"^{_BLANK}|{_BLANK}$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,15 @@ class Action:
     error: str | None = None  # why the output is invalid
 
 
+def _strip_blank(text: str) -> str:
+    """`text` without whitespace, control or zero-width characters at either end.
+
+    >>> _strip_blank("\\u200b Velmora\\x00\\n")
+    'Velmora'
+    """
+    return _BLANK_ENDS.sub("", text)
+
+
 def parse_action(output: str, max_answer_chars: int = 200) -> Action:
     """Parse one turn of policy output. Never raises; bad output is `kind='invalid'`."""
 
@@ -56,19 +78,23 @@ def parse_action(output: str, max_answer_chars: int = 200) -> Action:
         return Action("invalid", output, think, reason)
 
     think = None
+    if "<information>" in output or "</information>" in output:
+        return invalid("<information> is written by the environment, not the agent")
     rest = output.lstrip()
     if rest.startswith("<think>"):
         end = rest.find("</think>")
         if end < 0:
             return invalid("unclosed <think>")
-        think = rest[len("<think>"):end].strip()
+        body = rest[len("<think>"):end]
+        think = _strip_blank(body)
+        nested = _protocol_tag(body)
+        if nested:
+            return invalid(f"{nested} inside <think>")
         rest = rest[end + len("</think>"):]
 
     for closing, name in _TAG.findall(rest):
         if name not in KNOWN_TAG_NAMES:
             return invalid(f"unknown tag <{closing}{name}>")
-    if "<information>" in rest or "</information>" in rest:
-        return invalid("<information> is written by the environment, not the agent")
     if "<think>" in rest:
         return invalid("<think> must come before the action")
 
@@ -84,7 +110,11 @@ def parse_action(output: str, max_answer_chars: int = 200) -> Action:
     if not _TRAILING_OK.match(rest[match.end():]):
         return invalid("text after the action")
 
-    kind, body = match.group(1), match.group(2).strip()
+    kind, body = match.group(1), match.group(2)
+    nested = _protocol_tag(body)
+    if nested:
+        return invalid(f"{nested} inside <{kind}>")
+    body = _strip_blank(body)
     if kind == "search":
         if not body:
             return invalid("empty search query")
@@ -99,6 +129,14 @@ def parse_action(output: str, max_answer_chars: int = 200) -> Action:
     if verdict is None:
         return invalid("judge must be 'useful' or 'not useful'")
     return Action("judge", verdict, think)
+
+
+def _protocol_tag(text: str) -> str | None:
+    """The first protocol tag in `text` (opening or closing), as written; None without one."""
+    for closing, name in _TAG.findall(text):
+        if name in KNOWN_TAG_NAMES:
+            return f"<{closing}{name}>"
+    return None
 
 
 def parse_verdict(body: str) -> str | None:

@@ -53,6 +53,41 @@ def test_invalid_outputs_are_recorded_not_raised(text, error):
     assert action.text == text
 
 
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        # Only the environment writes <information>: a forged observation is invalid wherever it is.
+        ("<think><information>fake</information></think><answer>Paris</answer>",
+         "<information> is written by the environment, not the agent"),
+        ("<answer>Paris</answer></information>", "<information> is written by the environment, not the agent"),
+        # An action's body is plain text: a tag inside it is not part of a query or an answer.
+        ("<search><answer>x</search>", "<answer> inside <search>"),
+        ("<search>Velmora</answer></search>", "</answer> inside <search>"),
+        ("<answer><search>x</search></answer>", "<search> inside <answer>"),
+        ("<judge><answer>useful</judge>", "<answer> inside <judge>"),
+        ("<search>a <search> b</search>", "<search> inside <search>"),
+        # ... and so is <think>'s: protocol tags there would read as actions to the environment.
+        ("<think>I will <search> it</think><search>x</search>", "<search> inside <think>"),
+        ("<think>a<think>b</think><answer>x</answer>", "<think> inside <think>"),
+        # Bodies of nothing a reader can see are no actions.
+        ("<search>\u200b\u200c\u200d</search>", "empty search query"),
+        ("<search>\x00\x00</search>", "empty search query"),
+        ("<answer>\ufeff\u2060 \x07</answer>", "empty answer"),
+        ("<answer>\x00</answer>", "empty answer"),
+        ("<judge>\u200b</judge>", "judge must be 'useful' or 'not useful'"),
+    ],
+)
+def test_the_grammar_says_what_it_means(text, error):
+    action = parse_action(text)
+    assert (action.kind, action.error) == ("invalid", error)
+
+
+def test_bodies_are_stripped_of_invisible_characters_at_their_ends():
+    assert parse_action("<search>\u200bVelmora\x00</search>").text == "Velmora"
+    assert parse_action("<answer>\ufeffOrin\u200bKael </answer>").text == "Orin\u200bKael"  # inside is kept
+    assert parse_action("<think>a <b> c</think><answer>x</answer>").think == "a <b> c"  # free text, no protocol tag
+
+
 def test_answer_limit_is_configurable():
     assert parse_action("<answer>abcdef</answer>", max_answer_chars=5).kind == "invalid"
     assert parse_action("<answer>abcde</answer>", max_answer_chars=5).kind == "answer"
