@@ -65,7 +65,8 @@ def passage_header(rank: int, passage: Passage) -> str:
 
 OBSERVATION_OPEN = "\n\n<information>"
 OBSERVATION_CLOSE = "</information>\n\n"
-NO_RESULTS = "No results."
+NO_RESULTS = "No results."  # the observation of a search that matched nothing
+SEARCH_FAILED = "Search failed."  # the observation of a search the retriever did not answer (the trace says why)
 
 
 def user_message(text: str) -> str:

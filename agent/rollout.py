@@ -30,6 +30,7 @@ from agent.prompts import (
     NO_RESULTS,
     OBSERVATION_CLOSE,
     OBSERVATION_OPEN,
+    SEARCH_FAILED,
     corrective_message,
     passage_header,
     render_prompt_ids,
@@ -373,23 +374,33 @@ class Rollout:
     # -- retrieval ---------------------------------------------------------------------
 
     def _search(self, searches: list[tuple[_Run, Step]]) -> None:
-        queries = [step.text for _, step in searches]
-        try:
-            results = self.retriever.search(queries, self.cfg.passages_per_search)
-            error = None
-        except Exception as exc:  # a failing retriever is an outcome of the step, not a crash
-            results, error = [[] for _ in queries], f"search failed: {type(exc).__name__}: {exc}"
+        results, error = self._retrieve([step.text for _, step in searches])
         for (run, step), passages in zip(searches, results):
-            step.passages = list(passages)
+            step.passages = passages
             step.error = error
             start = len(run.segment.response_ids)
             if self._inject(run, self._observation_ids(step.passages, error)):
                 run.judgeable, run.judgeable_step = (start, len(run.segment.response_ids)), step
 
+    def _retrieve(self, queries: list[str]) -> tuple[list[list[Passage]], str | None]:
+        """Each query's passages; or, when the retriever raised or answered a different number
+        of queries than it was asked (no answer can be matched to its query then), no passages
+        and why the search failed: a failing retriever is an outcome of the step, not a crash."""
+        try:
+            results = self.retriever.search(queries, self.cfg.passages_per_search)
+        except Exception as exc:
+            return [[] for _ in queries], f"search failed: {type(exc).__name__}: {exc}"
+        if len(results) != len(queries):
+            return [[] for _ in queries], (f"search failed: the retriever answered {len(queries)} queries with "
+                                           f"{len(results)} result lists")
+        return [list(passages) for passages in results], None
+
     def _observation_ids(self, passages: list[Passage], error: str | None) -> list[int]:
+        """The injected `<information>` block: the passages, or a plain line saying the search
+        failed (its cause is for the trace, not the policy) or found nothing."""
         ids = list(self.tokens(OBSERVATION_OPEN))
         if error:
-            ids += self.tokens(error)
+            ids += self.tokens(SEARCH_FAILED)
         elif not passages:
             ids += self.tokens(NO_RESULTS)
         for rank, passage in enumerate(passages, 1):
@@ -397,3 +408,28 @@ class Rollout:
             ids += self.tokens(passage.text)[: self.cfg.max_doc_tokens]
             ids += self.tokens("\n")
         return ids + self.tokens(OBSERVATION_CLOSE)
+
+
+class SearchesFailed(RuntimeError):
+    """More searches failed than the caller allows (an evaluation: any; training: its threshold)."""
+
+
+@dataclass(frozen=True)
+class SearchTally:
+    """How many of some trajectories' searches there were and how many failed (a failed
+    search is a search step whose `error` says why the retriever did not answer it)."""
+
+    searches: int
+    failed: int
+    first_error: str | None  # the first failed search's error, for a message
+
+    @staticmethod
+    def of(trajectories: list[Trajectory]) -> SearchTally:
+        searches = [s for t in trajectories for s in t.steps if s.kind == "search"]
+        failed = [s.error for s in searches if s.error is not None]
+        return SearchTally(len(searches), len(failed), failed[0] if failed else None)
+
+    @property
+    def failure_rate(self) -> float:
+        """The share of the searches that failed (0 without searches)."""
+        return self.failed / self.searches if self.searches else 0.0

@@ -45,6 +45,8 @@ class CachedRetriever:
             self.hits += sum(len(positions) - 1 for positions in missing.values())
         if missing:
             fetched = self.inner.search(list(missing), k)
+            if len(fetched) != len(missing):  # no list could be matched to its query
+                raise ValueError(f"the retriever answered {len(missing)} queries with {len(fetched)} result lists")
             with self._lock:
                 for (query, positions), passages in zip(missing.items(), fetched):
                     entry = tuple(passages)  # immutable, so no caller can edit what others get

@@ -2,8 +2,9 @@
 
 import pytest
 
-from agent.prompts import OBSERVATION_CLOSE, OBSERVATION_OPEN, corrective_message, passage_header, render_prompt_ids
-from agent.rollout import Rollout, RolloutConfig
+from agent.prompts import (NO_RESULTS, OBSERVATION_CLOSE, OBSERVATION_OPEN, SEARCH_FAILED, corrective_message,
+                           passage_header, render_prompt_ids)
+from agent.rollout import Rollout, RolloutConfig, SearchTally
 from agent.types import Example
 from fakes import PASSAGES, FailingRetriever, FixedRetriever, ScriptedEngine
 
@@ -24,7 +25,7 @@ def observation(tok, passages, max_doc_tokens):
 def run(tok, script, cfg=None, examples=(EXAMPLE,), group_size=1, retriever=None, seed=None):
     engine = ScriptedEngine(tok, script)
     cfg = cfg or RolloutConfig(passages_per_search=2, max_doc_tokens=4)
-    rollout = Rollout(engine, retriever or FixedRetriever(PASSAGES), cfg, tok)
+    rollout = Rollout(engine, FixedRetriever(PASSAGES) if retriever is None else retriever, cfg, tok)
     return rollout(list(examples), group_size, seed=seed), engine
 
 
@@ -169,11 +170,61 @@ def test_repeated_example_gets_distinct_groups(tiny_tokenizer):
 def test_failing_retriever_is_a_recorded_outcome(tiny_tokenizer):
     tok = tiny_tokenizer
     script = ["<search>Velmora</search>", "<answer>x</answer>"]
-    [traj], engine = run(tok, script, retriever=FailingRetriever())
+    [traj], _ = run(tok, script, retriever=FailingRetriever())
     assert traj.finish == "answered"
-    assert traj.steps[0].error == "search failed: TimeoutError: retriever timed out after 5.0 s"
+    assert traj.steps[0].error == "search failed: TimeoutError: retriever timed out after 5.0 s"  # the trace says why
     assert traj.steps[0].passages == []
-    assert "search failed" in tok.decode(traj.segments[0].response_ids)
+    # the policy reads a plain line saying so, not the exception
+    assert traj.segments[0].response_ids == ids(tok, script[0]) + ids(tok, OBSERVATION_OPEN) + ids(tok, SEARCH_FAILED) \
+        + ids(tok, OBSERVATION_CLOSE) + ids(tok, script[1])
+    assert SearchTally.of([traj]) == SearchTally(searches=1, failed=1, first_error=traj.steps[0].error)
+
+
+class ShortRetriever(FixedRetriever):
+    """Answers every batch with one result list too few."""
+
+    def search(self, queries, k):
+        return super().search(queries, k)[:-1]
+
+
+def test_fewer_result_lists_than_queries_fail_the_whole_call(tiny_tokenizer):
+    examples = [EXAMPLE, Example("q2", "Where is Velmora?", ["Dastria"])]
+    script = lambda ids, call: "<search>Velmora</search>" if call == 0 else "<answer>x</answer>"
+    trajs, _ = run(tiny_tokenizer, script, examples=examples, retriever=ShortRetriever(PASSAGES))
+    searches = [t.steps[0] for t in trajs]
+    # no list can be matched to its query: every search of the call failed, none got another's passages
+    assert [s.error for s in searches] == ["search failed: the retriever answered 2 queries with 1 result lists"] * 2
+    assert all(s.passages == [] for s in searches)
+    assert all(tiny_tokenizer.decode(ids(tiny_tokenizer, SEARCH_FAILED)) in tiny_tokenizer.decode(t.segments[0].response_ids)
+               for t in trajs)
+    assert SearchTally.of(trajs).failure_rate == 1.0
+
+
+def test_fewer_result_lists_behind_the_cache_are_the_same_recorded_failure(tiny_tokenizer):
+    from retrieval.cache import CachedRetriever
+
+    examples = [EXAMPLE, Example("q2", "Where is Orin Kael?", ["Dastria"])]
+    script = lambda ids, call: "<search>Velmora</search>" if call == 0 else "<answer>x</answer>"
+    retriever = CachedRetriever(ShortRetriever(PASSAGES))
+    trajs, _ = run(tiny_tokenizer, script, examples=examples, group_size=2, retriever=retriever)
+    assert [t.steps[0].error for t in trajs] == [
+        "search failed: ValueError: the retriever answered 1 queries with 0 result lists"] * 4  # one distinct query
+    assert len(retriever) == 0  # nothing cached of it
+
+
+class EmptyRetriever:
+    def search(self, queries, k):
+        return [[] for _ in queries]
+
+
+def test_a_search_that_matches_nothing_says_no_results(tiny_tokenizer):
+    tok = tiny_tokenizer
+    script = ["<search>Velmora</search>", "<answer>x</answer>"]
+    [traj], _ = run(tok, script, retriever=EmptyRetriever())
+    assert traj.steps[0].passages == [] and traj.steps[0].error is None
+    assert traj.segments[0].response_ids == ids(tok, script[0]) + ids(tok, OBSERVATION_OPEN) + ids(tok, NO_RESULTS) \
+        + ids(tok, OBSERVATION_CLOSE) + ids(tok, script[1])
+    assert SearchTally.of([traj]) == SearchTally(searches=1, failed=0, first_error=None)
 
 
 def test_sampling_params_reach_the_engine(tiny_tokenizer):
