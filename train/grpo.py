@@ -18,9 +18,10 @@ What it simplifies, one idea each:
 5. The run hands over `output_dir/final`, the average of the weights of its last
    `average_last` steps, and evaluates it greedily on the held-out test split.
 
-`train_step` is one step: rollout -> score -> pick groups -> advantages -> update. `main`
-reads top to bottom: config, setup, resume, loop, final evaluation. A run resumes from the
-newest complete checkpoint in `output_dir` and logs each step once.
+`train_step` is one step: rollout -> score -> pick groups -> advantages -> update. `run`
+reads top to bottom: setup, resume, loop, final evaluation. A run resumes from the newest
+complete checkpoint in `output_dir` and logs each step once; a step whose searches failed
+stops or pauses it before the update (`train/search_guard.py`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from train.metrics_log import Trackers, append_jsonl, plot_curves
 from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
                           training_attention)
 from train.questions import check_shares, load_questions, next_questions
+from train.search_guard import ON_FAILURE, SearchesFailed, SearchGuard, check_answers
 from train.tiny import is_embedded, tiny_policy_dir
 from train.update import Advantages, OptimConfig, advantages_for, group_stats, lr_scheduler, make_optimizer, policy_update
 
@@ -72,6 +74,14 @@ class GRPOConfig:
     train_data: str | None = doc("QA directory whose train split the rollouts are drawn from, searching "
                                  "train_index (default: data's own); dev and test stay data's", None)
     train_index: str | None = doc("retrieval index of train_data (directory or server URL; required with it)", None)
+    retrieval_failure_threshold: float = doc(
+        "share of a step's searches that may fail (the retriever raised, or did not answer after its retries) and be "
+        "trained on as the policy saw them, an observation saying 'Search failed.'; past it on_retrieval_failure acts "
+        "before the update. Evaluations allow no failed search", 0.1)
+    on_retrieval_failure: str = doc(
+        "stop: end the run with an error naming the retriever (the same command resumes from the last checkpoint) | "
+        "pause: wait, 5 s and doubling up to 5 min, until the retrieval server's /health answers, then roll the step "
+        "out again. Either way a server that does not answer at start-up stops the run", "pause")
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl, summary.json and curves.png", "outputs/grpo")
     max_steps: int = doc("training steps (batches of questions)", 40)
     questions_per_step: int = doc("questions whose groups the update trains on, per step", 24)
@@ -103,6 +113,10 @@ class GRPOConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.retrieval_failure_threshold <= 1:
+            raise ValueError(f"retrieval_failure_threshold must be a share in [0, 1], got {self.retrieval_failure_threshold}")
+        if self.on_retrieval_failure not in ON_FAILURE:
+            raise ValueError(f"on_retrieval_failure must be one of {' | '.join(ON_FAILURE)}, got {self.on_retrieval_failure!r}")
         if self.oversample < 1:
             raise ValueError(f"oversample must be >= 1 (questions rolled out per question trained), got {self.oversample}")
         if (self.train_data is None) != (self.train_index is None):
@@ -135,6 +149,7 @@ class Trainer:
     demos: StepDemos | None  # loss.sft_coef: the oracle's demonstrations of each step's questions
     forward: torch.nn.Module  # the update's LogprobsForward of the policy, as accelerate prepared it
     procs: Processes  # this run's processes (one, or N under accelerate launch)
+    searches: SearchGuard  # what a rollout whose searches failed does: stop or pause
 
 
 @dataclass
@@ -171,7 +186,8 @@ def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path
     if cfg.loss.sft_coef:
         demos = StepDemos(cfg.train_data or cfg.data, retriever, policy.tokenizer, cfg.rollout, held_out_data=cfg.data)
     return Trainer(cfg, policy, precision, engine, sampler, retriever, reward, optimizer,
-                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), WeightAverage(trainable), demos, forward, procs)
+                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), WeightAverage(trainable), demos, forward, procs,
+                   SearchGuard(cfg.retrieval_failure_threshold, cfg.on_retrieval_failure, log=console.print))
 
 
 def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
@@ -181,13 +197,15 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
     cfg = t.cfg
     t0 = time.perf_counter()
     rollout = Rollout(t.sampler, t.retriever, cfg.rollout, t.policy.tokenizer)
-    groups = rollout.groups(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:",
-                            seed=cfg.seed * 100_003 + step)
+    trajectories, searched, paused = t.searches.rollout(
+        lambda: rollout(questions, cfg.group_size, policy_version=step, group_prefix=f"s{step}:",
+                        seed=cfg.seed * 100_003 + step), t.retriever, f"step {step + 1}", procs=t.procs)
+    groups = TrajectoryGroup.of(trajectories, [ex for ex in questions for _ in range(cfg.group_size)])
     if hasattr(t.sampler, "sleep"):  # vLLM on a GPU gives the trainer its memory back
         t.sampler.sleep()
+    t0 += paused
     t1 = time.perf_counter()
     set_step([t.reward], step)  # rewards that anneal (Trust-GRPO's weight) follow the updates done
-    trajectories = [traj for g in groups for traj in g.trajectories]
     scores = iter(t.reward(trajectories, [g.example for g in groups for _ in g.trajectories]))
     for g in groups:
         g.scores = [next(scores) for _ in g.trajectories]
@@ -215,6 +233,9 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
     record = {"step": step + 1, "reward": sum(s.value for s in all_scores) / len(all_scores), **group_stats(groups),
               **update, "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
               "tokens_per_s": sum(traj.n_sampled_tokens for g in groups for traj in g.trajectories) / (t1 - t0)}
+    record |= {"search/failed": searched.failed, "search/failure_rate": searched.failure_rate}
+    if paused:
+        record["search/paused_s"] = paused
     if len(groups) > cfg.questions_per_step:
         record["groups_trained"] = len(trained)
     for part in all_scores[0].parts:  # every reward component's mean, annealed weights included
@@ -234,9 +255,11 @@ def pick_groups(groups: list[TrajectoryGroup], n: int) -> list[TrajectoryGroup]:
 # -- around the steps ---------------------------------------------------------------------------
 
 
-def evaluate_greedy(engine, retriever, examples, rcfg: RolloutConfig, name: str, progress=None) -> dict:
+def evaluate_greedy(engine, retriever, examples, rcfg: RolloutConfig, name: str, searches: SearchGuard,
+                    progress=None) -> dict:
     """Greedy rollouts of `examples`, 128 at a time, summarised; shown as a task of
-    `progress` (the training loop's bar) or of a bar of its own."""
+    `progress` (the training loop's bar) or of a bar of its own. A batch with a failed search
+    stops or pauses as `searches` says."""
     from rewards.metrics import summarize
 
     greedy = Rollout(engine, retriever, RolloutConfig(**{**asdict(rcfg), "temperature": 0.0}))
@@ -245,8 +268,9 @@ def evaluate_greedy(engine, retriever, examples, rcfg: RolloutConfig, name: str,
     with progress if own else contextlib.nullcontext():
         task = progress.add_task(f"greedy {name}", total=len(examples))
         for i in range(0, len(examples), 128):
-            trajs += greedy(examples[i : i + 128])
-            progress.advance(task, len(examples[i : i + 128]))
+            batch = examples[i : i + 128]
+            trajs += searches.rollout(lambda batch=batch: greedy(batch), retriever, f"greedy {name}", threshold=0.0)[0]
+            progress.advance(task, len(batch))
         progress.remove_task(task)
     return summarize(trajs, examples)
 
@@ -265,13 +289,22 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
     progress.console.print(
         f"step {step:>4} · reward {record['reward']:.3f} · EM {record['em']:.3f} · KL {kl:.4f} · "
         f"entropy {record['entropy']:.3f} · searches {record['searches']:.2f} · valid {record['valid']:.3f} · "
-        f"{record['tokens_per_s']:.0f} tok/s" + (f" · dev EM {record['dev_em']:.3f}" if "dev_em" in record else ""),
+        f"{record['tokens_per_s']:.0f} tok/s" + (f" · dev EM {record['dev_em']:.3f}" if "dev_em" in record else "")
+        + (f" · {record['search/failed']} searches failed" if record.get("search/failed") else ""),
         highlight=False)
     progress.update(task, completed=step, description=f"grpo · reward {record['reward']:.3f} · EM {record['em']:.3f}")
 
 
 def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)
+    try:
+        return run(cfg)
+    except SearchesFailed as err:  # the retriever is down or failing: say so in one line
+        raise SystemExit(f"error: {err}") from None
+
+
+def run(cfg: GRPOConfig) -> dict:
+    """The run `cfg` describes: setup, resume, the loop, the final evaluation; returns the summary."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = Processes.launched(cpu=cfg.policy.device == "cpu")  # one, or N under accelerate launch; the main one writes
     out = Path(cfg.output_dir)
@@ -293,6 +326,8 @@ def main(argv=None) -> dict:
     train_set, dev_set, test_set = load_questions(cfg)
     retriever = open_retriever(cfg.index)  # dev and test
     train_retriever = open_retriever(cfg.train_index) if cfg.train_index else retriever
+    for r in {id(r): r for r in (retriever, train_retriever)}.values():  # a server down at start-up: stop
+        check_answers(r)
     checkpoint = latest_checkpoint(out) if cfg.resume else None
     t = build_trainer(cfg, model_path, train_retriever, checkpoint, procs)
     traces, trackers = (TraceWriter(out / "traces.jsonl"), Trackers(cfg.report_to, out, asdict(cfg))) if procs.is_main \
@@ -305,11 +340,11 @@ def main(argv=None) -> dict:
     else:
         state = RunState()
         if test_set and procs.is_main:
-            state.summary["test_before"] = evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test")
+            state.summary["test_before"] = evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test", t.searches)
             (out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
             console.print(f"test EM before training: {state.summary['test_before']['em']:.3f}")
         if dev_set and procs.is_main:
-            dev = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev")
+            dev = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", t.searches)
             append_jsonl(out / "metrics.jsonl", [{"step": 0, "dev_em": dev["em"]}])
             console.print(f"dev EM before training: {dev['em']:.3f} (n={dev['n']})")
 
@@ -326,7 +361,8 @@ def main(argv=None) -> dict:
                 t.average.update()
             if procs.is_main:
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and dev_set:
-                    result.record["dev_em"] = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", progress)["em"]
+                    result.record["dev_em"] = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", t.searches,
+                                                              progress)["em"]
                 log_step(result, out, traces, trackers, t.policy.tokenizer, progress, task)
                 if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
                     save_checkpoint(out, state.step, t.policy.model, t.policy.tokenizer, t.optimizer, t.scheduler,
@@ -348,7 +384,7 @@ def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) ->
         save_atomic(t.policy.model, t.policy.tokenizer, out / "final")
         # A rerun of a finished run keeps its evaluation; one resumed to more steps makes its own.
         if test_set and summary.get("test_after", {}).get("step") != state.step:
-            summary["test_after"] = {**evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test"),
+            summary["test_after"] = {**evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test", t.searches),
                                      "step": state.step}
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": t.average.count,
                               **({"averaged_from_step": t.average.first_step(state.step)} if averaged else {})}
