@@ -15,8 +15,9 @@ Policies (`--policy`):
 `--data` is a directory of SPLIT.jsonl / SPLIT.parquet files (a generated world, a
 Search-R1 data directory; `--split` picks one) or any QA file in FlashRAG JSONL or
 Search-R1 parquet; `--index` an index directory from `python -m retrieval.build` over
-any corpus, or a retrieval server URL (`direct` needs none). Models decode greedily
-unless `--temperature` says otherwise. Writes to `--out`:
+any corpus, or a retrieval server URL (`direct` needs none); a search that fails (the server
+down, after its retries) ends the run with an error naming it, and no metrics. Models decode
+greedily unless `--temperature` says otherwise. Writes to `--out`:
 
   metrics.json   every answer metric (EM / F1 / cover-EM, and Search-R1's and FlashRAG's
                  definitions: squad_em, subem, acc, flashrag_f1) with bootstrap CIs, by hops,
@@ -43,7 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent.prompts import resolve_style
-from agent.rollout import Rollout, RolloutConfig
+from agent.rollout import Rollout, RolloutConfig, SearchesFailed, SearchTally
 from agent.traces import TraceWriter, trajectory_record
 from eval.baselines import BASELINES, OneTurnRollout
 from rewards.bootstrap import DEFAULT_RESAMPLES
@@ -59,11 +60,13 @@ console = Console(stderr=True)
 def evaluate(examples, rollout: Rollout, out_dir: Path, *, batch_size: int = 64, prompt_style: str = "compact",
              config: dict | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
              search_budget: int | None = None, report_examples: int = 4) -> dict:
-    """Roll out every example, write traces.jsonl, metrics.json and report.md; returns the metrics."""
+    """Roll out every example, write traces.jsonl, metrics.json and report.md; returns the metrics.
+    A batch with a failed search raises `SearchesFailed` once its traces are written: the
+    metrics would measure the retriever's outage, not the policy."""
     out_dir.mkdir(parents=True, exist_ok=True)
     traces_path = out_dir / "traces.jsonl"
-    if traces_path.exists():
-        traces_path.unlink()  # an evaluation is rerun whole; its traces start fresh
+    for path in (traces_path, out_dir / "metrics.json", out_dir / "report.md"):
+        path.unlink(missing_ok=True)  # an evaluation is rerun whole: nothing of an earlier one is left to mistake for it
     writer = TraceWriter(traces_path)
     rows, firsts = [], {}  # firsts: the first record of each error category, for the report
     start = time.perf_counter()
@@ -84,6 +87,10 @@ def evaluate(examples, rollout: Rollout, out_dir: Path, *, batch_size: int = 64,
                 records.append(trajectory_record(traj, ex, rollout.tokenizer, prompt_style=prompt_style, eval=score))
                 firsts.setdefault(row["category"], records[-1])
             writer.write(records)
+            searched = SearchTally.of(trajs)
+            if searched.failed:
+                raise SearchesFailed(f"{searched.failed} of {searched.searches} searches of questions {i + 1}-"
+                                     f"{i + len(batch)} failed ({searched.first_error})")
             progress.advance(task, len(batch))
     metrics = summarize_rows(rows, resamples=resamples, seed=seed, search_budget=search_budget)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
@@ -206,9 +213,13 @@ def main(argv=None) -> dict:
         "temperature": args.temperature, "prompt_style": style, "seed": args.seed, "limit": args.limit,
         "headline": args.headline, "metrics": args.metrics,
     }
-    metrics = evaluate(examples, rollout, args.out, batch_size=args.batch_size, prompt_style=style, config=config,
-                       resamples=args.resamples, seed=args.seed, search_budget=args.search_budget,
-                       report_examples=args.report_examples)
+    try:
+        metrics = evaluate(examples, rollout, args.out, batch_size=args.batch_size, prompt_style=style, config=config,
+                           resamples=args.resamples, seed=args.seed, search_budget=args.search_budget,
+                           report_examples=args.report_examples)
+    except SearchesFailed as err:
+        raise SystemExit(f"error: searching {args.index}: {err}; no metrics written, the traces so far are in "
+                         f"{args.out / 'traces.jsonl'}") from None
     print_metrics(metrics, run_title(metrics, str(args.out)))
     console.print(f"wrote {args.out / 'metrics.json'}, {args.out / 'traces.jsonl'} and {args.out / 'report.md'}")
     return metrics

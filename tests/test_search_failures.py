@@ -303,3 +303,28 @@ def test_bad_failure_settings_are_refused():
         main(["--retrieval_failure_threshold", "1.5"])
     with pytest.raises(ValueError, match=re.escape("on_retrieval_failure must be one of stop | pause, got 'retry'")):
         main(["--on_retrieval_failure", "retry"])
+
+
+# -- eval.run ----------------------------------------------------------------------------------
+
+
+def test_eval_run_exits_non_zero_naming_the_url_when_searches_fail(trainer_world, tmp_path, monkeypatch):
+    import retrieval
+    from eval.run import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(retrieval, "open_retriever", lambda path, *a, **k: HTTPRetriever(path, timeout=1, retries=1,
+                                                                                          backoff=0.001))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier evaluation's: must not pass for this one's
+    with pytest.raises(SystemExit) as stopped:
+        main(["--policy", "oracle", "--data", str(trainer_world / "world"), "--index", url, "--out", str(out),
+              "--limit", "3"])
+    message = str(stopped.value.code)  # a message: the exit status is 1
+    # the oracle searches each hop's query, then the question: 2 searches a question, all failed
+    assert message.startswith(f"error: searching {url}: 6 of 6 searches of questions 1-3 failed") and "\n" not in message
+    assert not (out / "metrics.json").exists()
+    traces = read_traces(out / "traces.jsonl")  # the failing batch's traces, each failed search marked
+    assert len(traces) == 3 and all(s["error"].startswith("search failed: RetrieverUnavailable")
+                                    for t in traces for s in t["steps"] if s["kind"] == "search")
