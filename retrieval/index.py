@@ -13,7 +13,12 @@ from pathlib import Path
 
 from retrieval.meta import INDEX_META, check_same_corpus, read_meta
 
-__all__ = ["open_retriever"]
+__all__ = ["is_server_url", "open_retriever"]
+
+
+def is_server_url(index: str | os.PathLike) -> bool:
+    """Whether `index` names a retrieval server (http:// or https://) rather than a directory."""
+    return str(index).startswith(("http://", "https://"))
 
 
 def open_retriever(index: str | os.PathLike, *, cache_size: int = 10_000, corpus=None,
@@ -30,11 +35,10 @@ def open_retriever(index: str | os.PathLike, *, cache_size: int = 10_000, corpus
 
 
 def _open_uncached(index, *, corpus, use_gpu, rrf_k, timeout):
-    text = str(index)
-    if text.startswith(("http://", "https://")):
+    if is_server_url(index):
         from retrieval.client import HTTPRetriever
 
-        return HTTPRetriever(text, timeout=timeout)
+        return HTTPRetriever(str(index), timeout=timeout)
     directory = Path(index)
     if not directory.exists():
         raise FileNotFoundError(f"retrieval index {directory} not found; build it with `python -m retrieval.build "

@@ -79,3 +79,20 @@ def test_the_larger_embedded_default_is_built_by_the_same_recipe_at_its_size(tmp
     assert is_embedded("tiny-large") and not is_embedded("Qwen/Qwen2.5-0.5B")
     with pytest.raises(ValueError, match="'tiny-xl' is not an embedded default"):
         tiny_policy_dir("d", "tiny-xl")
+
+
+def test_the_embedded_default_with_a_server_url_builds_no_index(monkeypatch, tmp_path):
+    """`--index http://...` with the embedded default: the server holds the index, so nothing
+    is built into a directory named after the URL."""
+    import agent.data.world
+    import retrieval.build
+    import train.prepare
+
+    def no_build(*args, **kwargs):
+        raise AssertionError(f"ensure_index called with {args}")
+
+    monkeypatch.setattr(agent.data.world, "ensure_world", lambda data_dir: tmp_path)
+    monkeypatch.setattr(retrieval.build, "ensure_index", no_build)
+    monkeypatch.setattr(train.prepare, "ensure_tiny_policy", lambda data, index, model, **kw: (data, index, model))
+    url = "http://127.0.0.1:8000"
+    assert train.prepare.ensure_default(tmp_path, url) == (tmp_path, url, (tmp_path, url, "tiny"))

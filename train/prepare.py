@@ -42,10 +42,13 @@ def ensure_tiny_policy(data_dir: str | Path = DEFAULT_DATA, index_dir: str | Pat
 
 def ensure_default(data_dir: str | Path = DEFAULT_DATA, index_dir: str | Path = DEFAULT_INDEX, model: str = "tiny",
                    **sft_overrides) -> tuple[Path, Path, Path]:
-    """World, index and warm-started embedded policy: everything `--model tiny` (or tiny-large) needs."""
+    """World, index and warm-started embedded policy: everything `--model tiny` (or tiny-large) needs.
+    An `index_dir` that is a server URL is used as it is (the server holds the world's index)."""
     from agent.data.world import ensure_world
     from retrieval.build import ensure_index
+    from retrieval.index import is_server_url
 
     data_dir = ensure_world(data_dir)
-    index_dir = ensure_index(data_dir / "corpus.jsonl", index_dir)
+    if not is_server_url(index_dir):
+        index_dir = ensure_index(data_dir / "corpus.jsonl", index_dir)
     return data_dir, index_dir, ensure_tiny_policy(data_dir, index_dir, model, **sft_overrides)
