@@ -2,8 +2,11 @@
 
 Text goes through bm25s' own tokenizer (lower-case, `\\w\\w+` words, English stopwords),
 and the index is built from exactly the token ids `bm25s.tokenize` would produce, so
-results (ids, scores, and the order of ties) are identical to plain `bm25s` usage;
-`tests/test_retrieval.py` checks that. Passages are indexed as `contents` (title and text).
+results (ids, scores, and the order of ties) are identical to plain `bm25s` usage, less
+the passages that share no term with the query: bm25s fills its top-k with zero-score
+passages when fewer match, and those are dropped here, so a query matching nothing gets
+an empty list (as Pyserini's searcher does); `tests/test_retrieval.py` checks both.
+Passages are indexed as `contents` (title and text).
 On disk: bm25s' own files plus `bm25.json` (parameters, corpus path and fingerprint).
 """
 
@@ -14,6 +17,7 @@ import os
 from pathlib import Path
 
 import bm25s
+import numpy as np
 from bm25s.tokenization import Tokenized
 
 from retrieval.corpus import Corpus, load_corpus
@@ -52,7 +56,8 @@ def tokenize_corpus(texts: list[str], stopwords: str = STOPWORDS, progress: bool
 
 
 class BM25Retriever:
-    """Top-k passages by BM25 score; ties (e.g. zero scores) come back in bm25s' order."""
+    """Top-k passages by BM25 score, only those matching a query term (so possibly fewer than k);
+    ties come back in bm25s' order."""
 
     def __init__(self, corpus: Corpus, model: bm25s.BM25, stopwords: str = STOPWORDS):
         num_docs = int(model.scores["num_docs"])
@@ -76,7 +81,8 @@ class BM25Retriever:
             return []
         rows_Q_K, scores_Q_K = self.model.retrieve(tokenize(list(queries), self.stopwords), k=k,
                                                     show_progress=False)
-        return self.corpus.passages(rows_Q_K, scores_Q_K)
+        # A passage that matches a term scores > 0 (Lucene's idf is positive); row -1 is dropped.
+        return self.corpus.passages(np.where(scores_Q_K > 0, rows_Q_K, -1), scores_Q_K)
 
     def metadata(self) -> dict:
         return {

@@ -1,4 +1,4 @@
-"""HTTP retrieval server, wire-compatible with Search-R1's `retrieval_server.py`.
+"""HTTP retrieval server (FastAPI on uvicorn), wire-compatible with Search-R1's `retrieval_server.py`.
 
     python -m retrieval.server --index indexes/world-0 --port 8000
 
@@ -6,71 +6,97 @@
       -> {"result": [[{"document": {"id": "...", "contents": "\"Title\"\\ntext"}, "score": 0.83}, ...], ...]}
          with "return_scores": false (the default, as in Search-R1), each inner list holds
          the documents alone: [[{"id": "...", "contents": "..."}, ...], ...]
-    GET  /health    -> {"status": "ok", ...}
+    GET  /health        -> {"status": "ok", ...}
+    GET  /openapi.json  the schema of both
 
-A missing or null "topk" falls back to the server's --topk, as in Search-R1. So Search-R1
-and verl search-tool clients work unchanged. All queries of a request go to the retriever
-in one batched call. Bad requests get a 4xx JSON `{"error": "..."}`; a failing retriever
-gets a 500 with the cause, and the server keeps serving. Standard library only: the
-work is in the retriever, and a thread per connection is plenty in front of it.
+Fields are read the way Search-R1's server reads them (pydantic, lax): a missing, null or 0
+"topk" means the server's --topk, "3" and 3.0 mean 3, and "return_scores" takes 1/0 as
+well as true/false; so Search-R1 and verl search-tool clients work unchanged. A result list
+may hold fewer than topk documents (BM25 returns only passages that match).
+
+How it holds under load:
+1. Searches run on --workers threads (FAISS, torch and numpy release the GIL), in chunks of
+   at most --chunk-queries queries, the waiting requests taking turns chunk by chunk; so a
+   small request is answered after a chunk of a large one, not after all of it.
+2. A request's cost is bounded (`Limits`): queries, characters per query, topk, documents
+   in the answer and body bytes (chunked bodies included); past a bound the answer is a 413
+   that names it. The result cache is bounded in entries and bytes (`retrieval.cache`).
+3. The listening socket queues up to --backlog connections, so a burst of clients that
+   open a connection per request waits to be accepted instead of being reset.
+4. A lone surrogate (a JSON escape like "\\ud800") in a query or a passage becomes U+FFFD,
+   the replacement character, instead of breaking the search or the response.
+
+Bad requests get a 4xx JSON `{"error": "..."}`: 400 for a malformed body, 413 past a bound.
+A failing retriever gets a 500 with the cause, and the server keeps serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import logging
+import socket
 import sys
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from retrieval.types import Passage, Retriever
 
-__all__ = ["RetrievalServer", "BadRequest", "parse_retrieve_request", "format_result", "main"]
+__all__ = ["RetrievalServer", "SearchScheduler", "Limits", "RetrieveRequest", "create_app", "format_result",
+           "clean_text", "main"]
 
 DEFAULT_TOPK = 3
-MAX_QUERIES = 1024
-MAX_TOPK = 1000
-MAX_BODY_BYTES = 16 * 1024 * 1024
+BACKLOG = 2048  # connections the kernel holds for accept(); Linux caps it at net.core.somaxconn
 
 
-class BadRequest(ValueError):
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
-        super().__init__(message)
-        self.status = status
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; past a bound the answer is a 413 that names it.
+
+    The defaults admit Search-R1's largest call (512 prompts x 5 samples = 2,560 queries).
+    """
+
+    max_queries: int = 4096
+    max_query_chars: int = 4096  # encoders read a few hundred tokens; longer text is not a query
+    max_topk: int = 1000
+    max_documents: int = 100_000  # queries x topk: what the answer may hold
+    max_body_bytes: int = 16 * 2**20
 
 
-def parse_retrieve_request(body: bytes, default_topk: int = DEFAULT_TOPK, max_queries: int = MAX_QUERIES,
-                           max_topk: int = MAX_TOPK) -> tuple[list[str], int, bool]:
-    """(queries, topk, return_scores) from a /retrieve body, or `BadRequest` saying what is wrong."""
+class RetrieveRequest(BaseModel):
+    """The body of POST /retrieve, as Search-R1's `QueryRequest` (lax: "3" and 3.0 are 3)."""
+
+    queries: list[str]
+    topk: int | None = None
+    return_scores: bool | None = False
+
+
+class BadRequest(HTTPException):
+    """A request the server refuses: 400 unless a bound was passed (413)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(status, message)
+
+
+# ----------------------------------------------------------------------------- text
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (they have no UTF-8 form)."""
     try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"body is not valid JSON: {err}") from None
-    if not isinstance(request, dict):
-        raise BadRequest(f"body must be a JSON object, got {type(request).__name__}")
-    if "queries" not in request:
-        raise BadRequest('missing field "queries" (a list of strings)')
-    queries = request["queries"]
-    if not isinstance(queries, list):
-        raise BadRequest(f'field "queries" must be a list of strings, got {type(queries).__name__}')
-    for position, query in enumerate(queries):
-        if not isinstance(query, str):
-            raise BadRequest(f'field "queries"[{position}] must be a string, got {json.dumps(query)[:80]}')
-    if len(queries) > max_queries:
-        raise BadRequest(f'field "queries" has {len(queries)} queries; at most {max_queries} per request '
-                         f"(split the batch)", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-    topk = request.get("topk")
-    if topk is None:
-        topk = default_topk
-    elif isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= max_topk:
-        raise BadRequest(f'field "topk" must be an integer from 1 to {max_topk}, got {json.dumps(topk)[:80]}')
-    return_scores = request.get("return_scores", False)
-    if return_scores is None:
-        return_scores = False
-    if not isinstance(return_scores, bool):
-        raise BadRequest(f'field "return_scores" must be true or false, got {json.dumps(return_scores)[:80]}')
-    return queries, topk, return_scores
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def format_result(results: list[list[Passage]], return_scores: bool) -> dict:
@@ -81,168 +107,367 @@ def format_result(results: list[list[Passage]], return_scores: bool) -> dict:
     return {"result": [[{"id": p.doc_id, "contents": p.contents} for p in passages] for passages in results]}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive for clients that pool connections (requests.Session)
-    server_version = "searchrl-retrieval/1"
-    timeout = 120  # an idle kept-alive connection frees its thread after this many seconds
-    server: "RetrievalServer"
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/health":
-            self._send(HTTPStatus.OK, self.server.health())
-        elif self.path.split("?")[0] == "/retrieve":
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST /retrieve with a JSON body"})
-        else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path!r}; try POST /retrieve or GET /health"})
-
-    def do_POST(self) -> None:
-        if self.path.split("?")[0] != "/retrieve":
-            self.close_connection = True  # the body was not read
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path!r}; try POST /retrieve"})
-            return
-        try:
-            body = self._read_body()
-            queries, topk, return_scores = parse_retrieve_request(
-                body, self.server.default_topk, self.server.max_queries, self.server.max_topk)
-        except BadRequest as err:
-            self._send(err.status, {"error": str(err)})
-            return
-        try:
-            results = self.server.search(queries, topk)
-        except Exception as err:  # the retriever failed; report it and keep serving
-            self.log_error("search failed: %r", err)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"search failed: {type(err).__name__}: {err}"})
-            return
-        self._send(HTTPStatus.OK, format_result(results, return_scores))
-
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True
-            raise BadRequest("missing Content-Length header", HTTPStatus.LENGTH_REQUIRED)
-        try:
-            size = int(length)
-            if size < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise BadRequest(f"invalid Content-Length {length!r}") from None
-        if size > self.server.max_body_bytes:
-            self.close_connection = True
-            raise BadRequest(f"body of {size} bytes exceeds {self.server.max_body_bytes}",
-                             HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        return self.rfile.read(size)
-
-    def _send(self, status: HTTPStatus, payload: dict) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        if self.server.log_requests:
-            super().log_message(format, *args)
-
-    def log_error(self, format: str, *args) -> None:
-        # Errors are always worth a line, even when per-request logging is off.
-        BaseHTTPRequestHandler.log_message(self, format, *args)
+def json_bytes(payload: dict) -> bytes:
+    """UTF-8 JSON; a passage holding a lone surrogate gets U+FFFD in its place."""
+    return clean_text(json.dumps(payload, ensure_ascii=False)).encode("utf-8")
 
 
-class RetrievalServer(ThreadingHTTPServer):
-    """A threading HTTP server in front of one retriever; searches run one at a time.
+# ----------------------------------------------------------------------------- scheduling
 
-    Searches are serialised because the retriever already uses every core (torch, FAISS
-    and numpy are multi-threaded); the threads keep /health and slow clients from blocking
-    each other. Port 0 picks a free port (see `.port`).
+class _Job:
+    """One request's search: its chunks not yet taken, its results as they come."""
+
+    def __init__(self, queries: list[str], k: int, chunk: int):
+        self.queries, self.k, self.chunk = queries, k, chunk
+        self.untaken = deque(range(0, len(queries), chunk))  # start of each chunk
+        self.running = 0
+        self.results: list[list[Passage] | None] = [None] * len(queries)
+        self.future: Future = Future()
+
+    def settle(self, result=None, error: BaseException | None = None) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: nobody waits
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+
+class SearchScheduler:
+    """Runs searches on `workers` threads, in chunks of at most `chunk` queries, in turns.
+
+    Round robin over requests: a request joins the back of the line when it arrives and
+    again each time one of its chunks is done, so a request that arrives while a large one
+    is being searched waits for at most one chunk per worker. A worker with nobody in line
+    takes another chunk of a request already running, so a lone large request still uses
+    every worker.
     """
 
-    daemon_threads = True  # a stuck client never blocks shutdown
-    allow_reuse_address = True
+    def __init__(self, retriever: Retriever, workers: int = 2, chunk: int = 64):
+        if workers < 1 or chunk < 1:
+            raise ValueError(f"workers and chunk must be >= 1, got {workers} and {chunk}")
+        self.retriever, self.chunk = retriever, chunk
+        self._line: deque[_Job] = deque()  # requests waiting for a turn
+        self._running: list[_Job] = []  # requests with a chunk being searched
+        self._changed = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"search-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, queries: list[str], k: int) -> Future:
+        """A future of the queries' results, in order."""
+        job = _Job(list(queries), k, self.chunk)
+        if not queries:
+            job.settle([])
+            return job.future
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the search scheduler is closed")
+            self._line.append(job)
+            self._changed.notify()
+        return job.future
+
+    def waiting(self) -> int:
+        """Requests in line for a turn (not counting those with a chunk being searched)."""
+        with self._changed:
+            return len(self._line)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _take(self) -> tuple[_Job, int] | None:
+        with self._changed:
+            while True:
+                if self._closed:
+                    return None
+                if self._line:
+                    job = self._line.popleft()
+                else:
+                    job = next((j for j in self._running if j.untaken), None)
+                if job is not None:
+                    break
+                self._changed.wait()
+            start = job.untaken.popleft()
+            job.running += 1
+            if job not in self._running:
+                self._running.append(job)
+            if not job.untaken and job in self._line:  # its last chunk was taken outside its turn
+                self._line.remove(job)
+            return job, start
+
+    def _work(self) -> None:
+        while (taken := self._take()) is not None:
+            job, start = taken
+            error = None
+            if not job.future.done():  # skip the rest of a failed or cancelled request
+                queries = job.queries[start:start + job.chunk]
+                try:
+                    passages = self.retriever.search(queries, job.k)
+                    if len(passages) != len(queries):
+                        raise ValueError(f"the retriever answered {len(queries)} queries with {len(passages)} lists")
+                    job.results[start:start + len(queries)] = passages
+                except Exception as err:  # reported to the request; the worker goes on
+                    error = err
+            self._done(job, error)
+
+    def _done(self, job: _Job, error: Exception | None) -> None:
+        with self._changed:
+            job.running -= 1
+            if error is not None:
+                job.untaken.clear()
+            if job.untaken:  # back of the line for its next chunk
+                if job not in self._line:
+                    self._line.append(job)
+                    self._changed.notify()
+            else:
+                if job in self._line:
+                    self._line.remove(job)
+                if job.running == 0:
+                    self._running.remove(job)
+            finished = not job.untaken and job.running == 0
+        if error is not None:
+            job.settle(error=error)
+        elif finished:
+            job.settle(job.results)
+
+
+# ----------------------------------------------------------------------------- the app
+
+def _describe(error: dict) -> str:
+    """One line for a pydantic error: which field, what was wrong, what was sent."""
+    loc = list(error["loc"])
+    if not loc:
+        return f'body must be a JSON object like {{"queries": ["..."], "topk": 3}}: {error["msg"]}'
+    where = f'field "{loc[0]}"' + "".join(f"[{part}]" for part in loc[1:])
+    if error["type"] == "missing":
+        return f"missing {where}" + (" (a list of strings)" if loc == ["queries"] else "")
+    return f"{where}: {error['msg']}, got {json.dumps(error.get('input'), default=str)[:80]}"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body (Content-Length or chunked), refused with a 413 once past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"body of {declared} bytes exceeds {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body exceeds {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(body: bytes, default_topk: int, limits: Limits) -> tuple[list[str], int, bool]:
+    """(queries, topk, return_scores) from a /retrieve body, or `BadRequest` saying what is wrong."""
+    try:
+        payload = json.loads(body)
+    except ValueError as err:
+        raise BadRequest(f"body is not valid JSON: {err}") from None
+    try:
+        request = RetrieveRequest.model_validate(payload)
+    except ValidationError as err:
+        raise BadRequest(_describe(err.errors()[0])) from None
+    queries = request.queries
+    if len(queries) > limits.max_queries:
+        raise BadRequest(f'field "queries" has {len(queries)} queries; at most {limits.max_queries} per request '
+                         f"(split the batch)", 413)
+    longest = max(range(len(queries)), key=lambda i: len(queries[i]), default=None)
+    if longest is not None and len(queries[longest]) > limits.max_query_chars:
+        raise BadRequest(f'field "queries"[{longest}] has {len(queries[longest])} characters; at most '
+                         f"{limits.max_query_chars} per query", 413)
+    topk = request.topk or default_topk  # Search-R1: a missing, null or 0 topk is the default
+    if topk < 0:
+        raise BadRequest(f'field "topk" must be a positive integer (or 0 for the default), got {topk}')
+    if topk > limits.max_topk:
+        raise BadRequest(f'field "topk" is {topk}; at most {limits.max_topk}', 413)
+    if len(queries) * topk > limits.max_documents:
+        raise BadRequest(f"{len(queries)} queries x topk {topk} asks for {len(queries) * topk} documents; at most "
+                         f"{limits.max_documents} per request (split the batch)", 413)
+    return [clean_text(q) for q in queries], topk, bool(request.return_scores)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(scheduler: SearchScheduler, *, default_topk: int = DEFAULT_TOPK, limits: Limits = Limits(),
+               info: dict | None = None) -> FastAPI:
+    """The app: POST /retrieve through `scheduler`, GET /health, GET /openapi.json."""
+    log = logging.getLogger("retrieval.server")
+    retriever = scheduler.retriever
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
+
+    app = FastAPI(title="searchrl retrieval server", description="Search-R1-compatible retrieval.",
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        message = err.detail
+        if err.status_code == 404:
+            message = f"no route {request.url.path!r}; try POST /retrieve or GET /health"
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; use POST /retrieve or GET /health"
+        return _error(err.status_code, message)
+
+    schema = RetrieveRequest.model_json_schema()
+    error_schema = {"content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}}}}}
+
+    @app.post("/retrieve", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema}}}}, responses={
+        200: {"description": 'Search-R1\'s {"result": [[document or {"document", "score"}, ...], ...]}'},
+        400: {"description": "malformed body", **error_schema},
+        413: {"description": "past a bound of `Limits`", **error_schema},
+        500: {"description": "the retriever failed", **error_schema}})
+    async def retrieve(request: Request) -> Response:
+        """Top-k documents for each query, in order (the body is read by hand: any content type, bounded)."""
+        body = await _read_body(request, limits.max_body_bytes)
+        queries, topk, return_scores = parse_request(body, default_topk, limits)
+        try:
+            results = await asyncio.wrap_future(scheduler.submit(queries, topk))
+        except Exception as err:  # the retriever failed; report it and keep serving
+            log.error("search failed: %r", err)
+            return _error(500, f"search failed: {type(err).__name__}: {err}")
+        content = await run_in_threadpool(lambda: json_bytes(format_result(results, return_scores)))
+        return Response(content, media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict:
+        status = {"status": "ok", **(info or {}), "waiting": scheduler.waiting()}
+        corpus = getattr(retriever, "corpus", None)
+        if corpus is not None:
+            status["passages"] = len(corpus)
+        if hasattr(retriever, "stats"):
+            status["cache"] = retriever.stats()
+        return status
+
+    return app
+
+
+# ----------------------------------------------------------------------------- serving
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), not yet listening; port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class RetrievalServer:
+    """The app on uvicorn, in front of one retriever; the socket is bound at construction,
+    so `.port` and `.url` are known before serving (port 0 picks a free port).
+
+    `serve()` blocks (the command line); `start()` serves on a thread and `stop()` ends it
+    (tests, notebooks).
+    """
 
     def __init__(self, retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, *,
-                 default_topk: int = DEFAULT_TOPK, max_queries: int = MAX_QUERIES, max_topk: int = MAX_TOPK,
-                 max_body_bytes: int = MAX_BODY_BYTES, log_requests: bool = False, info: dict | None = None):
-        super().__init__((host, port), _Handler)
+                 default_topk: int = DEFAULT_TOPK, limits: Limits = Limits(), workers: int = 2,
+                 chunk_queries: int = 64, backlog: int = BACKLOG, log_requests: bool = False,
+                 info: dict | None = None):
+        import uvicorn
+
         self.retriever = retriever
-        self.default_topk, self.max_queries, self.max_topk = default_topk, max_queries, max_topk
-        self.max_body_bytes, self.log_requests = max_body_bytes, log_requests
-        self.info = dict(info or {})
-        self._search_lock = threading.Lock()
+        self.scheduler = SearchScheduler(retriever, workers, chunk_queries)
+        self.app = create_app(self.scheduler, default_topk=default_topk, limits=limits, info=info)
+        self.socket = bind(host, port)
+        # 120 s keep-alive: a pooled client's idle connection outlives a training step's pause.
+        config = uvicorn.Config(self.app, backlog=backlog, timeout_keep_alive=120, lifespan="on",
+                                log_level="info" if log_requests else "warning", access_log=log_requests)
+        self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return self.server_address[1]
+        return self.socket.getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.port}"
+        host = self.socket.getsockname()[0]
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
-    def search(self, queries: list[str], topk: int) -> list[list[Passage]]:
-        if not queries:
-            return []
-        with self._search_lock:
-            return self.retriever.search(queries, topk)
-
-    def health(self) -> dict:
-        status = {"status": "ok", **self.info}
-        corpus = getattr(self.retriever, "corpus", None)
-        if corpus is not None:
-            status["passages"] = len(corpus)
-        if hasattr(self.retriever, "stats"):
-            status["cache"] = self.retriever.stats()
-        return status
+    def serve(self) -> None:
+        """Serve until Ctrl-C (uvicorn then finishes the requests in flight)."""
+        self._server.run(sockets=[self.socket])
 
     def start(self) -> "RetrievalServer":
-        """Serve on a background thread (tests, notebooks); `stop()` ends it."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="retrieval-server", daemon=True)
+        self._thread = threading.Thread(target=self.serve, name="retrieval-server", daemon=True)
         self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the retrieval server did not start on {self.url}")
+            self._thread.join(timeout=0.02)
         return self
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
+        self.socket.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = Limits()
     parser = argparse.ArgumentParser(prog="python -m retrieval.server", description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True, help="index directory written by retrieval.build")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="passages per query when a request has no topk")
-    parser.add_argument("--max-queries", type=int, default=MAX_QUERIES, help="largest batch accepted per request")
+    parser.add_argument("--max-queries", type=int, default=defaults.max_queries,
+                        help="most queries accepted in one request")
+    parser.add_argument("--max-query-chars", type=int, default=defaults.max_query_chars,
+                        help="most characters accepted in one query")
+    parser.add_argument("--workers", type=int, default=2, help="threads that run searches")
+    parser.add_argument("--chunk-queries", type=int, default=64,
+                        help="most queries searched in one go; larger requests take turns with others chunk by chunk")
+    parser.add_argument("--backlog", type=int, default=BACKLOG, help="connections queued for accept()")
     parser.add_argument("--cache-size", type=int, default=10_000, help="LRU result cache entries (0: off)")
+    parser.add_argument("--cache-mb", type=float, default=256, help="most memory the result cache may hold, in MiB")
     parser.add_argument("--log-requests", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
 
     from rich.console import Console
 
     console = Console(stderr=True)
+    from retrieval.cache import CachedRetriever
     from retrieval.index import open_retriever
 
+    limits = Limits(max_queries=args.max_queries, max_query_chars=args.max_query_chars)
     try:
+        for name in ("topk", "max_queries", "max_query_chars", "workers", "chunk_queries", "backlog"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.cache_size < 0 or args.cache_mb <= 0:
+            raise ValueError(f"--cache-size must be >= 0 and --cache-mb > 0, got {args.cache_size} and {args.cache_mb}")
         with console.status(f"loading index {args.index}"):
-            retriever = open_retriever(args.index, cache_size=args.cache_size)
-        server = RetrievalServer(retriever, args.host, args.port, default_topk=args.topk,
-                                 max_queries=args.max_queries, log_requests=args.log_requests,
-                                 info={"index": str(args.index)})
+            retriever = open_retriever(args.index, cache_size=0)
+            retriever.search(["warm-up"], 1)  # loads the encoder before the first request needs it
+        if args.cache_size:
+            retriever = CachedRetriever(retriever, args.cache_size, max_bytes=int(args.cache_mb * 2**20))
+        server = RetrievalServer(retriever, args.host, args.port, default_topk=args.topk, limits=limits,
+                                 workers=args.workers, chunk_queries=args.chunk_queries, backlog=args.backlog,
+                                 log_requests=args.log_requests, info={"index": str(args.index)})
     except (ValueError, FileNotFoundError, OSError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
     console.print(f"serving {args.index} at [bold]{server.url}[/bold]  (POST /retrieve, GET /health)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:  # Ctrl-C is how a user stops the server: a clean exit
-        console.print("stopped")
-    finally:
-        server.server_close()
+    server.serve()
+    console.print("stopped")
     return 0
 
 

@@ -4,6 +4,7 @@ bm25 checked against plain bm25s, RRF against hand-computed numbers, and the cac
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import bm25s
@@ -13,7 +14,7 @@ import pytest
 from retrieval.bm25 import BM25Retriever
 from retrieval.build import build_index, ensure_index
 from retrieval.build import main as build_main
-from retrieval.cache import CachedRetriever
+from retrieval.cache import CachedRetriever, entry_bytes
 from retrieval.corpus import Corpus, load_corpus
 from retrieval.dense import DenseRetriever, build_faiss_index
 from retrieval.hybrid import HybridRetriever, rrf_fuse
@@ -144,16 +145,27 @@ BM25_QUERIES = [
 ]
 
 
-def test_bm25_is_identical_to_plain_bm25s(bm25, corpus):
+def test_bm25_is_identical_to_plain_bm25s_less_the_passages_that_match_nothing(bm25, corpus):
     texts = [corpus.contents(row) for row in range(len(corpus))]
     raw = bm25s.BM25()
     raw.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     raw_rows, raw_scores = raw.retrieve(bm25s.tokenize(BM25_QUERIES, stopwords="en", show_progress=False),
                                         k=10, show_progress=False)
+    matching = [[(corpus.ids[r], s) for r, s in zip(rows, scores) if s > 0]
+                for rows, scores in zip(raw_rows.tolist(), raw_scores.tolist())]
     ours = bm25.search(BM25_QUERIES, k=10)
-    assert [[p.doc_id for p in hits] for hits in ours] == [[corpus.ids[r] for r in row] for row in raw_rows]
-    assert [[p.score for p in hits] for hits in ours] == raw_scores.tolist()
+    assert [[(p.doc_id, p.score) for p in hits] for hits in ours] == matching
     assert ours[0][0].doc_id == "p01" and ours[0][0].score > 0
+    assert 0 < len(ours[0]) < 10  # bm25s pads "Eiffel Tower Paris" with zero-score passages; we do not
+
+
+def test_bm25_returns_only_passages_that_match_a_term(bm25, corpus):
+    nothing, stopwords, empty, queen = bm25.search(["zzzz unknown words", "the of and", "", "queen"], k=5)
+    assert (nothing, stopwords, empty) == ([], [], [])  # as Pyserini: no match, no passages
+    containing = {corpus.ids[row] for row in range(len(corpus))
+                  if "queen" in re.findall(r"\w\w+", corpus.contents(row).lower())}
+    assert {p.doc_id for p in queen} == containing and all(p.score > 0 for p in queen)
+    assert len(bm25.search(["queen"], 1000)[0]) == len(containing)
 
 
 def test_bm25_save_load_round_trip(bm25, corpus, tmp_path):
@@ -162,7 +174,6 @@ def test_bm25_save_load_round_trip(bm25, corpus, tmp_path):
     assert (meta["method"], meta["stopwords"], meta["num_passages"]) == ("bm25", "en", len(corpus))
     loaded = BM25Retriever.load(tmp_path / "bm25")
     assert loaded.search(BM25_QUERIES, 10) == bm25.search(BM25_QUERIES, 10)
-    assert len(loaded.search(["queen"], 1000)[0]) == len(corpus)
 
 
 # ---------------------------------------------------------------- hybrid
@@ -204,6 +215,18 @@ def test_real_hybrid_answers_known_questions(dense, bm25):
     assert [hits[0].doc_id for hits in results] == list(KNOWN.values())
 
 
+def test_hybrid_fills_k_from_dense_when_bm25_matches_few_or_none(dense, bm25):
+    queries = ["zzzz unknown words", "queen", "Eiffel Tower Paris"]
+    lexical = bm25.search(queries, 20)
+    assert len(lexical[0]) == 0 and 0 < len(lexical[1]) < 20  # short lists from BM25
+    hybrid = HybridRetriever(dense, bm25).search(queries, k=5)
+    assert [len(hits) for hits in hybrid] == [5, 5, 5]
+    # nothing lexical: the dense ranking alone, with its RRF scores
+    assert [p.doc_id for p in hybrid[0]] == [p.doc_id for p in dense.search(queries[:1], 5)[0]]
+    assert hybrid[0][0].score == pytest.approx(1 / 61)
+    assert hybrid[2][0].doc_id == "p01"
+
+
 # ---------------------------------------------------------------- cache
 
 def test_cache_serves_hits_and_batches_misses_in_one_call():
@@ -219,6 +242,44 @@ def test_cache_serves_hits_and_batches_misses_in_one_call():
     assert inner.calls[-1] == (["x"], 3) and cached.misses == 4
     second[0].clear()  # a caller editing its list does not touch the cache
     assert len(cached.search(["x"], k=2)[0]) == 2
+
+
+def test_cache_is_bounded_in_bytes():
+    inner = FixedRetriever(["a", "b", "c"])
+    one = entry_bytes(tuple(inner.search(["q"], 3)[0]))
+    cached = CachedRetriever(inner, maxsize=1000, max_bytes=10 * one)
+    for i in range(50):
+        cached.search([f"query {i}"], 3)
+    assert len(cached) == 10 and cached.stats()["bytes"] == 10 * one <= cached.max_bytes
+    calls = len(inner.calls)
+    cached.search(["query 49", "query 40"], 3)  # the ten most recent are kept
+    assert len(inner.calls) == calls
+    cached.search(["query 39"], 3)
+    assert len(inner.calls) == calls + 1
+
+
+def test_cache_keys_on_a_hash_not_on_the_query_text():
+    """A 1 MB query costs the cache a 16-byte digest: 40 of them stay far below 1 MB."""
+    import gc
+    import tracemalloc
+
+    class Answers:  # keeps nothing of what it is asked
+        def search(self, queries, k):
+            return [[Passage("a", "", "text", 1.0)] for _ in queries]
+
+    cached = CachedRetriever(Answers(), maxsize=1000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40):
+            query = f"{i} " + "x" * 2**20
+            assert cached.search([query, "\ud800 lone surrogate"], 1)[0][0].doc_id == "a"
+            del query
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cached) == 41 and held < 2**20
 
 
 def test_cache_evicts_least_recently_used():
@@ -297,7 +358,7 @@ def test_ensure_index_builds_once_and_refuses_a_foreign_directory(tmp_path):
 def test_build_and_search_clis(tmp_path, capsys):
     assert build_main(["--corpus", str(CORPUS_PATH), "--out", str(tmp_path / "idx"), "--method", "bm25"]) == 0
     capsys.readouterr()
-    assert search_main(["--index", str(tmp_path / "idx"), "--k", "2", "--json", "Eiffel Tower", "Sahara desert"]) == 0
+    assert search_main(["--index", str(tmp_path / "idx"), "--k", "2", "--json", "Eiffel Tower in the world", "Sahara desert"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     first = json.loads(lines[0])

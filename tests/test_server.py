@@ -1,4 +1,6 @@
-"""The HTTP server speaks Search-R1's wire format exactly; the client retries and then
+"""The HTTP server speaks Search-R1's wire format exactly, reads fields as Search-R1's server
+does, holds under concurrent load (accept queue, requests taking turns chunk by chunk),
+bounds what a request may cost, and survives lone surrogates; the client retries and then
 fails with a clear error. Servers run on 127.0.0.1, port 0, in a thread, and stop."""
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import pytest
 
 from retrieval.bm25 import BM25Retriever
 from retrieval.client import HTTPRetriever, RetrieverUnavailable
-from retrieval.corpus import load_corpus
-from retrieval.server import RetrievalServer
+from retrieval.corpus import Corpus, load_corpus
+from retrieval.server import Limits, RetrievalServer, SearchScheduler
 from retrieval.types import Passage
 
 CORPUS_PATH = Path(__file__).parent / "data" / "retrieval_corpus.jsonl"
@@ -31,7 +33,8 @@ def bm25() -> BM25Retriever:
 
 @pytest.fixture(scope="module")
 def server(bm25):
-    running = RetrievalServer(bm25, "127.0.0.1", 0, max_queries=8).start()
+    running = RetrievalServer(bm25, "127.0.0.1", 0, limits=Limits(max_queries=8, max_query_chars=100,
+                                                                  max_documents=40, max_body_bytes=4096)).start()
     yield running
     running.stop()
 
@@ -40,7 +43,7 @@ def post(url: str, body: bytes | str | dict, path: str = "/retrieve") -> tuple[i
     data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
     request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -75,10 +78,31 @@ def test_retrieve_without_scores_lists_documents(server, bm25):
     assert body == {"result": [[{"id": p.doc_id, "contents": RAW_CONTENTS[p.doc_id]} for p in hits]
                                for hits in bm25.search(QUERIES[:2], 3)]}
     # no topk and no return_scores: Search-R1's defaults (server topk, no scores)
-    status, body = post(server.url, {"queries": ["Sahara"]})
+    status, body = post(server.url, {"queries": ["largest desert in the world"]})
     assert status == 200 and len(body["result"][0]) == 3 and set(body["result"][0][0]) == {"id", "contents"}
     status, body = post(server.url, {"queries": [], "topk": 3})
     assert (status, body) == (200, {"result": []})
+
+
+def test_a_query_that_matches_nothing_gets_an_empty_list(server):
+    status, body = post(server.url, {"queries": ["zzzz qqqq", "Eiffel"], "topk": 3, "return_scores": True})
+    assert status == 200 and body["result"][0] == [] and body["result"][1][0]["document"]["id"] == "p01"
+
+
+@pytest.mark.parametrize("fields, topk, scores", [
+    ({"topk": 0}, 3, False),  # 0 means the server's default, as `if not request.topk` in Search-R1
+    ({"topk": None}, 3, False),
+    ({"topk": "2"}, 2, False),
+    ({"topk": 2.0}, 2, False),
+    ({"topk": 1, "return_scores": 1}, 1, True),
+    ({"topk": 1, "return_scores": 0}, 1, False),
+    ({"topk": 1, "return_scores": "true"}, 1, True),
+    ({"topk": 1, "return_scores": None}, 1, False),
+])
+def test_fields_are_read_as_search_r1_reads_them(server, fields, topk, scores):
+    status, body = post(server.url, {"queries": ["largest desert in the world"], **fields})
+    assert status == 200 and len(body["result"][0]) == topk
+    assert ("score" in body["result"][0][0]) is scores
 
 
 def test_health(server):
@@ -86,19 +110,30 @@ def test_health(server):
     assert status == 200 and body["status"] == "ok" and body["passages"] == 20
 
 
+def test_openapi_schema_describes_retrieve(server):
+    status, schema = get(server.url, "/openapi.json")
+    body = schema["paths"]["/retrieve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert status == 200 and body["required"] == ["queries"] and set(body["properties"]) == {
+        "queries", "topk", "return_scores"}
+    assert {"400", "413"} <= set(schema["paths"]["/retrieve"]["post"]["responses"])
+
+
 @pytest.mark.parametrize("body, status, words", [
     (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "not valid JSON"),
     ([1, 2], 400, "JSON object"),
     ({"topk": 3}, 400, 'missing field "queries"'),
-    ({"queries": "just one string"}, 400, "must be a list"),
-    ({"queries": ["ok", 7]}, 400, '"queries"[1] must be a string'),
-    ({"queries": ["q"], "topk": 0}, 400, '"topk" must be an integer'),
-    ({"queries": ["q"], "topk": -2}, 400, '"topk" must be an integer'),
-    ({"queries": ["q"], "topk": "3"}, 400, '"topk" must be an integer'),
-    ({"queries": ["q"], "topk": 2.5}, 400, '"topk" must be an integer'),
-    ({"queries": ["q"], "topk": True}, 400, '"topk" must be an integer'),
-    ({"queries": ["q"], "return_scores": "yes"}, 400, '"return_scores" must be true or false'),
+    ({"queries": "just one string"}, 400, 'field "queries": Input should be a valid list'),
+    ({"queries": ["ok", 7]}, 400, 'field "queries"[1]: Input should be a valid string'),
+    ({"queries": ["q"], "topk": -2}, 400, '"topk" must be a positive integer'),
+    ({"queries": ["q"], "topk": 2.5}, 400, 'field "topk"'),
+    ({"queries": ["q"], "topk": "three"}, 400, 'field "topk"'),
+    ({"queries": ["q"], "return_scores": "maybe"}, 400, 'field "return_scores"'),
     ({"queries": ["q"] * 9, "topk": 1}, 413, "at most 8"),
+    ({"queries": ["q" * 101]}, 413, '"queries"[0] has 101 characters; at most 100'),
+    ({"queries": ["q"], "topk": 1001}, 413, "at most 1000"),
+    ({"queries": ["q"] * 5, "topk": 9}, 413, "45 documents; at most 40"),
+    ({"queries": ["q" * 90] * 50}, 413, "exceeds 4096"),  # refused before it is parsed
 ])
 def test_bad_requests_get_4xx_json(server, body, status, words):
     got_status, got = post(server.url, body)
@@ -112,19 +147,177 @@ def test_unknown_routes_and_methods(server):
     assert get(server.url, "/health")[0] == 200  # still serving
 
 
-def test_keep_alive_and_missing_content_length(server):
+def test_keep_alive_and_chunked_bodies(server):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     for query in ("volcano", "chess"):  # two requests on one connection
         connection.request("POST", "/retrieve", json.dumps({"queries": [query], "topk": 1}),
                            {"Content-Type": "application/json"})
         response = connection.getresponse()
         assert response.status == 200 and len(json.loads(response.read())["result"][0]) == 1
-    connection.putrequest("POST", "/retrieve")
-    connection.endheaders()
+    body = json.dumps({"queries": ["volcano", "chess"], "topk": 1}).encode()
+    connection.request("POST", "/retrieve", iter([body[:7], body[7:]]), {"Content-Type": "application/json"},
+                       encode_chunked=True)  # Transfer-Encoding: chunked, no Content-Length
     response = connection.getresponse()
-    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    assert response.status == 200 and [len(hits) for hits in json.loads(response.read())["result"]] == [1, 1]
+    too_big = json.dumps({"queries": ["x" * 90] * 50}).encode()  # over max_body_bytes, in chunks
+    connection.request("POST", "/retrieve", iter([too_big[i:i + 1000] for i in range(0, len(too_big), 1000)]),
+                       {"Content-Type": "application/json"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "exceeds 4096" in json.loads(response.read())["error"]
     connection.close()
 
+
+def test_a_search_r1_batch_of_2560_queries_is_served(bm25):
+    """Search-R1's GRPO script: 512 prompts x 5 samples per retrieval call, at the server's defaults."""
+    running = RetrievalServer(bm25, "127.0.0.1", 0).start()
+    try:
+        queries = [f"{QUERIES[i % 3]} {i}" for i in range(2560)]
+        status, body = post(running.url, {"queries": queries, "topk": 3, "return_scores": True})
+        assert status == 200 and len(body["result"]) == 2560
+        assert [[hit["document"]["id"] for hit in hits] for hits in body["result"]] == \
+            [[p.doc_id for p in hits] for hits in bm25.search(queries, 3)]
+    finally:
+        running.stop()
+
+
+def test_lone_surrogates_in_queries_and_passages_do_not_break_the_response():
+    corpus = Corpus(["ok", "bad"], ["Paris", "Broken"], ["Paris is in France.", "Broken text \ud800 here."])
+    running = RetrievalServer(BM25Retriever.build(corpus), "127.0.0.1", 0).start()
+    try:
+        # json.dumps escapes the surrogate as "\ud800", which a JSON parser turns back into one
+        status, body = post(running.url, {"queries": ["Paris \ud800", "broken text"], "topk": 1})
+        assert status == 200
+        assert body["result"] == [[{"id": "ok", "contents": '"Paris"\nParis is in France.'}],
+                                  [{"id": "bad", "contents": '"Broken"\nBroken text \ufffd here.'}]]
+    finally:
+        running.stop()
+
+
+# ----------------------------------------------------------------------------- load
+
+class GatedRetriever:
+    """Logs each call's queries; a call for "big" queries waits for `release` the first time."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.big_started, self.release = threading.Event(), threading.Event()
+
+    def search(self, queries, k):
+        self.calls.append(list(queries))
+        if queries[0].startswith("big") and not self.big_started.is_set():
+            self.big_started.set()
+            assert self.release.wait(30)
+        return [[Passage(q, "", f"text of {q}", 1.0)] for q in queries]
+
+
+def test_scheduler_takes_requests_in_turns_chunk_by_chunk():
+    gated = GatedRetriever()
+    scheduler = SearchScheduler(gated, workers=1, chunk=2)
+    try:
+        big = scheduler.submit([f"big {i}" for i in range(6)], 1)
+        assert gated.big_started.wait(30)
+        small = scheduler.submit(["small"], 1)  # arrives while the big request's first chunk runs
+        gated.release.set()
+        assert [p.doc_id for hits in small.result(30) for p in hits] == ["small"]
+        assert [p.doc_id for hits in big.result(30) for p in hits] == [f"big {i}" for i in range(6)]
+        assert gated.calls == [["big 0", "big 1"], ["small"], ["big 2", "big 3"], ["big 4", "big 5"]]
+    finally:
+        scheduler.close()
+
+
+class FailingChunk:
+    def search(self, queries, k):
+        if "poison" in queries:
+            raise RuntimeError("shard offline")
+        return [[Passage(q, "", "", 1.0)] for q in queries]
+
+
+def test_scheduler_fails_the_request_whose_chunk_failed_and_goes_on():
+    scheduler = SearchScheduler(FailingChunk(), workers=2, chunk=2)
+    try:
+        bad = scheduler.submit(["a", "b", "poison", "c", "d", "e"], 1)
+        with pytest.raises(RuntimeError, match="shard offline"):
+            bad.result(30)
+        assert [hits[0].doc_id for hits in scheduler.submit(["x", "y", "z"], 1).result(30)] == ["x", "y", "z"]
+    finally:
+        scheduler.close()
+
+
+def test_a_small_request_is_answered_while_a_large_one_is_in_progress():
+    gated = GatedRetriever()
+    running = RetrievalServer(gated, "127.0.0.1", 0, workers=1, chunk_queries=2).start()
+    finished: list[str] = []
+
+    def ask(name: str, queries: list[str]) -> None:
+        status, body = post(running.url, {"queries": queries, "topk": 1})
+        assert status == 200 and len(body["result"]) == len(queries)
+        finished.append(name)
+
+    try:
+        large = threading.Thread(target=ask, args=("large", [f"big {i}" for i in range(6)]))
+        large.start()
+        assert gated.big_started.wait(30)
+        small = threading.Thread(target=ask, args=("small", ["small"]))
+        small.start()
+        deadline = time.monotonic() + 30  # a hang guard only: the small request joins the line
+        while running.scheduler.waiting() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gated.release.set()
+        small.join(30)
+        large.join(30)
+        assert finished == ["small", "large"]
+        assert gated.calls == [["big 0", "big 1"], ["small"], ["big 2", "big 3"], ["big 4", "big 5"]]
+    finally:
+        running.stop()
+
+
+def hold_event_loop(running: RetrievalServer) -> threading.Event:
+    """Blocks the server's event loop (as a burst of work would) until the returned event is set."""
+    release = threading.Event()
+    running._server.servers[0].get_loop().call_soon_threadsafe(release.wait, 30)
+    return release
+
+
+def test_the_accept_queue_holds_a_burst_of_connections(bm25, clients=64):
+    """While the server accepts nothing, the kernel completes every client's handshake (the
+    backlog has room), and once it accepts again every client gets its answer: no resets."""
+    running = RetrievalServer(bm25, "127.0.0.1", 0).start()
+    connected, answers, errors = [], [], []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+            connection.connect()
+            with lock:
+                connected.append(i)
+            connection.request("POST", "/retrieve", json.dumps({"queries": [QUERIES[i % 3]], "topk": 1}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())["result"][0][0]["id"]))
+            connection.close()
+        except OSError as err:
+            errors.append(repr(err))
+
+    try:
+        release = hold_event_loop(running)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20  # a hang guard: with a short queue, handshakes wait for accept()
+        while len(connected) < clients and time.monotonic() < deadline:
+            time.sleep(0.01)
+        handshakes_while_held = len(connected)
+        release.set()
+        for thread in threads:
+            thread.join(30)
+        assert handshakes_while_held == clients
+        assert errors == [] and len(answers) == clients and {status for status, _ in answers} == {200}
+    finally:
+        running.stop()
+
+
+# ----------------------------------------------------------------------------- client
 
 def test_client_returns_the_same_passages_as_the_retriever(server, bm25):
     client = HTTPRetriever(server.url, timeout=10, max_batch=2)  # 3 queries -> 2 requests
