@@ -358,7 +358,8 @@ def test_ensure_index_builds_once_and_refuses_a_foreign_directory(tmp_path):
 def test_build_and_search_clis(tmp_path, capsys):
     assert build_main(["--corpus", str(CORPUS_PATH), "--out", str(tmp_path / "idx"), "--method", "bm25"]) == 0
     capsys.readouterr()
-    assert search_main(["--index", str(tmp_path / "idx"), "--k", "2", "--json", "Eiffel Tower in the world", "Sahara desert"]) == 0
+    assert search_main(["--index", str(tmp_path / "idx"), "--k", "2", "--json", "Eiffel Tower in the world",
+                        "Sahara desert"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     first = json.loads(lines[0])
