@@ -196,17 +196,19 @@ def test_lone_surrogates_in_queries_and_passages_do_not_break_the_response():
 # ----------------------------------------------------------------------------- load
 
 class GatedRetriever:
-    """Logs each call's queries; a call for "big" queries waits for `release` the first time."""
+    """Logs each call's queries; the first call for "big" queries waits for `release`, the
+    later ones for `resume`, so a test decides when the big request may go on."""
 
     def __init__(self):
         self.calls: list[list[str]] = []
-        self.big_started, self.release = threading.Event(), threading.Event()
+        self.big_started, self.release, self.resume = threading.Event(), threading.Event(), threading.Event()
 
     def search(self, queries, k):
         self.calls.append(list(queries))
-        if queries[0].startswith("big") and not self.big_started.is_set():
+        if queries[0].startswith("big"):
+            first = not self.big_started.is_set()
             self.big_started.set()
-            assert self.release.wait(30)
+            assert (self.release if first else self.resume).wait(30)
         return [[Passage(q, "", f"text of {q}", 1.0)] for q in queries]
 
 
@@ -218,7 +220,9 @@ def test_scheduler_takes_requests_in_turns_chunk_by_chunk():
         assert gated.big_started.wait(30)
         small = scheduler.submit(["small"], 1)  # arrives while the big request's first chunk runs
         gated.release.set()
-        assert [p.doc_id for hits in small.result(30) for p in hits] == ["small"]
+        assert [p.doc_id for hits in small.result(30) for p in hits] == ["small"]  # the big one is not done
+        assert not big.done()
+        gated.resume.set()
         assert [p.doc_id for hits in big.result(30) for p in hits] == [f"big {i}" for i in range(6)]
         assert gated.calls == [["big 0", "big 1"], ["small"], ["big 2", "big 3"], ["big 4", "big 5"]]
     finally:
@@ -264,6 +268,8 @@ def test_a_small_request_is_answered_while_a_large_one_is_in_progress():
             time.sleep(0.01)
         gated.release.set()
         small.join(30)
+        assert finished == ["small"] and large.is_alive()  # answered while the large one waits to go on
+        gated.resume.set()
         large.join(30)
         assert finished == ["small", "large"]
         assert gated.calls == [["big 0", "big 1"], ["small"], ["big 2", "big 3"], ["big 4", "big 5"]]
