@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from agent.types import Segment
+from train.distributed import sharded_by
 
 
 @dataclass
@@ -93,9 +94,14 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
     With `only_loss`, the output head runs only where `loss_mask` is set (the trainer's
     tokens, a tenth of a search agent's rows; passages are context) and every other
     position is 0: the same values there, less time (eval/bench/train.py measures it).
+
+    A model sharded over processes (FSDP, DeepSpeed ZeRO-3) gathers its weights from every
+    process in each forward call, so every process must make as many calls as the others,
+    whatever its number of rows: such a model takes the whole batch in one call.
     """
     T = temperature if temperature > 0 else 1.0
     B, L = batch.input_ids.shape
+    chunk = max(B, 1) if sharded_by(model) else chunk
     lengths_B = batch.attention_mask.sum(1)
     order_B = torch.argsort(lengths_B, descending=True, stable=True)
     split = _body_and_head(model) if only_loss else None
@@ -133,12 +139,34 @@ def token_logprobs(model, batch: TokenBatch, temperature: float = 1.0, chunk: in
 class LogprobsForward(torch.nn.Module):
     """`token_logprobs` of `model` (with entropies, the output head on trained tokens only) as
     a module's forward: what accelerate wraps (DDP, FSDP, DeepSpeed), so that the gradients
-    of a minibatch are synced once, by its backward."""
+    of a minibatch are synced once, by its backward.
+
+    It shows accelerate the model's config (DeepSpeed's "auto" bucket sizes read it), and FSDP2
+    its input embeddings, output head and decoder (whose final norm it looks for), so that those
+    get FSDP units of their own, as the decoder layers do: the wrapper, FSDP's root, then holds
+    no weights, and the model called directly (the update's no-grad pass before several
+    minibatches) finds each weight gathered by its own unit."""
+
+    base_model_prefix = "decoder"
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's auto wrap reads it
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def decoder(self):
+        return self.model.get_decoder()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
 
     def forward(self, input_ids, attention_mask, loss_mask, temperature: float):
         batch = TokenBatch(input_ids, attention_mask, loss_mask, torch.zeros_like(loss_mask))

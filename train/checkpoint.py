@@ -88,7 +88,8 @@ def save_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
                     cursor: dict, config, keep_last: int | None = 3, extra: dict | None = None,
                     processes: int = 1) -> Path:
-    """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `extra` is
+    """Write checkpoint-{step} atomically and prune all but the newest `keep_last`; `optimizer`
+    is an optimizer or its state dict (a sharded one's, gathered by every process); `extra` is
     further trainer state (such as a weight average) handed back by `load_trainer_state`;
     `processes` is the number of processes that trained it (a resume must use as many)."""
     output_dir = Path(output_dir)
@@ -98,7 +99,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
         tokenizer.save_pretrained(tmp)
         torch.save({
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
             "cursor": cursor,

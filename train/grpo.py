@@ -48,7 +48,7 @@ from train.batching import LogprobsForward
 from train.checkpoint import RunState, latest_checkpoint, resume_run, save_atomic, save_checkpoint
 from train.config import doc, parse_config, section
 from train.demos import StepDemos, progress_bar
-from train.distributed import ONE, Processes
+from train.distributed import ONE, Processes, whole_copy, whole_weights
 from train.hardware import machine, pick_device
 from train.loss import LossConfig
 from train.metrics_log import Trackers, append_jsonl, plot_curves
@@ -137,9 +137,11 @@ class Trainer:
     """What every step uses, built once by `build_trainer`."""
 
     cfg: GRPOConfig
-    policy: Policy
+    policy: Policy  # the trained model (sharded under FSDP and DeepSpeed ZeRO-3), its tokenizer and reference
+    whole: Policy  # its weights whole: `policy` itself, or under FSDP/DeepSpeed a copy refreshed after every
+    # update; what the engines, the weight average and the checkpoints read
     precision: Precision
-    engine: HFEngine  # over the trained weights: the greedy evaluations
+    engine: HFEngine  # over the trained weights (`whole`): the greedy evaluations
     sampler: object  # samples the rollouts: `engine`, an HFEngine over a bf16 copy, or a VLLMEngine
     retriever: object  # searched by the rollouts of train questions
     reward: object  # the reward spec's WeightedSum
@@ -166,7 +168,7 @@ def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path
                   procs: Processes = ONE) -> Trainer:
     """The policy (a resumed run's weights) on its device, its engines, optimizer and schedule,
     and the reward; with several processes, the update's forward and the optimizer prepared by
-    accelerate (DDP), which all-reduces the gradients."""
+    accelerate (DDP, FSDP or DeepSpeed), which syncs the gradients."""
     from rewards.registry import build_reward
 
     reward = build_reward(json.loads(cfg.rewards))
@@ -175,18 +177,22 @@ def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path
     policy = load_policy(model_path, resume_from=resume_from, lora_r=cfg.policy.lora_r, need_reference=cfg.loss.kl_coef > 0,
                          gradient_checkpointing=cfg.policy.gradient_checkpointing, dtype=precision.weights,
                          device=device)
-    engine = HFEngine(policy.model, policy.tokenizer)
-    sampler = make_sampler(cfg.policy, policy, precision, model_path, engine, cfg.seed)
+    whole = Policy(whole_copy(policy.model), policy.tokenizer, None) if procs.sharded else policy  # before sharding
+    engine = HFEngine(whole.model, policy.tokenizer)
+    sampler = make_sampler(cfg.policy, whole, precision, model_path, engine, cfg.seed)
     attention = training_attention(tiny=is_embedded(cfg.policy.model))  # after the sampler took its copy
     if attention:
         policy.model.set_attn_implementation(attention)
-    trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    forward, optimizer = procs.prepare(LogprobsForward(policy.model), make_optimizer(trainable, cfg.optim))
+    trained = [name for name, p in policy.model.named_parameters() if p.requires_grad]
+    trainable = [policy.model.get_parameter(name) for name in trained]
+    forward, optimizer = procs.prepare(LogprobsForward(policy.model), make_optimizer(trainable, cfg.optim),
+                                       max_grad_norm=cfg.optim.max_grad_norm)
     demos = None
     if cfg.loss.sft_coef:
         demos = StepDemos(cfg.train_data or cfg.data, retriever, policy.tokenizer, cfg.rollout, held_out_data=cfg.data)
-    return Trainer(cfg, policy, precision, engine, sampler, retriever, reward, optimizer,
-                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), WeightAverage(trainable), demos, forward, procs,
+    average = WeightAverage(whole.model.get_parameter(name) for name in trained)
+    return Trainer(cfg, policy, whole, precision, engine, sampler, retriever, reward, optimizer,
+                   lr_scheduler(optimizer, cfg.optim, cfg.max_steps), average, demos, forward, procs,
                    SearchGuard(cfg.retrieval_failure_threshold, cfg.on_retrieval_failure, log=console.print))
 
 
@@ -218,8 +224,11 @@ def train_step(t: Trainer, questions: list[Example], step: int) -> StepResult:
                            seed=cfg.seed * 7919 + step, autocast=t.precision.autocast, demos=demos, forward=t.forward,
                            procs=t.procs)
     t.scheduler.step()  # once per step of questions, however many minibatches it took
+    if t.whole is not t.policy:  # the shards gathered whole by every process, into the engine's copy
+        with whole_weights(t.policy.model) as weights:
+            t.engine.update_weights(weights)
     if t.sampler is not t.engine:  # the sampler holds its own copy of the weights
-        t.sampler.update_weights(sampler_weights(t.policy))
+        t.sampler.update_weights(sampler_weights(t.whole))
     t3 = time.perf_counter()
     kept = {id(g) for g in trained}
     per_step = adv.per_step([traj for g in trained for traj in g.trajectories])
@@ -306,7 +315,8 @@ def main(argv=None) -> dict:
 def run(cfg: GRPOConfig) -> dict:
     """The run `cfg` describes: setup, resume, the loop, the final evaluation; returns the summary."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    procs = Processes.launched(cpu=cfg.policy.device == "cpu")  # one, or N under accelerate launch; the main one writes
+    procs = Processes.launched(cpu=cfg.policy.device == "cpu", lora=cfg.policy.lora_r > 0,  # the main one writes
+                               demos=cfg.loss.sft_coef > 0)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -330,12 +340,13 @@ def run(cfg: GRPOConfig) -> dict:
         check_answers(r)
     checkpoint = latest_checkpoint(out) if cfg.resume else None
     t = build_trainer(cfg, model_path, train_retriever, checkpoint, procs)
+    optimizer = procs.checkpointed(t.optimizer, t.policy.model)  # sharded: read and written whole
     traces, trackers = (TraceWriter(out / "traces.jsonl"), Trackers(cfg.report_to, out, asdict(cfg))) if procs.is_main \
         else (None, None)
 
     # -- resume, or evaluate the starting point ----------------------------------------------------
     if checkpoint:
-        state = resume_run(out, checkpoint, t.optimizer, t.scheduler, t.average, max_steps=cfg.max_steps,
+        state = resume_run(out, checkpoint, optimizer, t.scheduler, t.average, max_steps=cfg.max_steps,
                            average_last=cfg.average_last, processes=procs.n, logs=procs.is_main)
     else:
         state = RunState()
@@ -359,13 +370,15 @@ def run(cfg: GRPOConfig) -> dict:
             state.step += 1
             if state.step > cfg.max_steps - cfg.average_last:
                 t.average.update()
+            saving = state.step % cfg.save_every == 0 or state.step == cfg.max_steps
+            optimizer_state = optimizer.state_dict() if saving else None  # sharded: gathered, by every process
             if procs.is_main:
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and dev_set:
                     result.record["dev_em"] = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", t.searches,
                                                               progress)["em"]
                 log_step(result, out, traces, trackers, t.policy.tokenizer, progress, task)
-                if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
-                    save_checkpoint(out, state.step, t.policy.model, t.policy.tokenizer, t.optimizer, t.scheduler,
+                if saving:
+                    save_checkpoint(out, state.step, t.whole.model, t.policy.tokenizer, optimizer_state, t.scheduler,
                                     cursor=state.cursor, config=cfg, keep_last=cfg.keep_last, processes=procs.n,
                                     extra={"average": t.average.state_dict()})
             procs.wait()
@@ -381,7 +394,7 @@ def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) ->
     summary and the curves (the main process's work)."""
     cfg, procs, summary, averaged = t.cfg, t.procs, state.summary, t.average.count > 0
     with t.average.swapped_in() if averaged else contextlib.nullcontext():
-        save_atomic(t.policy.model, t.policy.tokenizer, out / "final")
+        save_atomic(t.whole.model, t.policy.tokenizer, out / "final")
         # A rerun of a finished run keeps its evaluation; one resumed to more steps makes its own.
         if test_set and summary.get("test_after", {}).get("step") != state.step:
             summary["test_after"] = {**evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test", t.searches),
