@@ -1,5 +1,6 @@
 """Data-parallel training through `accelerate launch`, on CPUs (gloo): two processes train as
-one, write one set of logs and checkpoints, resume, and agree with a one-process run."""
+one, write one set of logs and checkpoints, resume, and agree with a one-process run; the
+same under accelerate's FSDP2, whose weights are sharded (slow)."""
 
 import json
 import os
@@ -29,14 +30,14 @@ def args(setup, model_dir, out, steps):
             "--oversample", "1", "--entropy_coef", "0.01", "--device", "cpu", "--precision", "fp32"]
 
 
-def launch(n: int, argv: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch` of train/grpo.py with `n` processes on the CPU."""
+def launch(n: int, argv: list[str], script: Path = ROOT / "train" / "grpo.py") -> subprocess.CompletedProcess:
+    """`accelerate launch` of train/grpo.py (or `script`) with `n` processes on the CPU."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(ROOT / "train" / "grpo.py"), *argv]
+           str(script), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # --device cpu: gloo, even beside GPUs
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -72,6 +73,36 @@ def test_two_processes_train_as_one_write_once_and_resume(setup, tiny_model_dir)
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
     with pytest.raises(ValueError, match="written by a run of 2 process"):
         main(args(setup, tiny_model_dir, out, 4))
+
+
+@pytest.mark.slow
+def test_fsdp2_processes_train_as_one_checkpoint_whole_and_resume(setup, tiny_model_dir):
+    """Two processes under accelerate's FSDP2 (tests/fsdp2_on_cpu.py) with a second pass over each
+    batch, whose truncated importance sampling calls the sharded model outside its root: the
+    losses of a one-process run, whole weights and a name-keyed optimizer in each checkpoint, and
+    a resume that goes on as the one-process run does."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    extra = ["--tis_cap", "2", "--updates_per_batch", "2"]
+    out, one = setup / "fsdp2", setup / "fsdp2-one"
+    run = launch(2, args(setup, tiny_model_dir, out, 2) + extra, ROOT / "tests" / "fsdp2_on_cpu.py")
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = launch(2, args(setup, tiny_model_dir, out, 3) + extra, ROOT / "tests" / "fsdp2_on_cpu.py")
+    assert run.returncode == 0, run.stderr[-3000:]
+    main(args(setup, tiny_model_dir, one, 3) + extra)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    for a, b in zip(metrics(one), metrics(out), strict=True):
+        for key in ("reward", "loss", "kl_ref", "entropy", "grad_norm", "tis_weight"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
+    state = torch.load(out / "checkpoint-3" / "trainer_state.pt", weights_only=False)
+    names = [n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()]
+    assert list(state["optimizer"]["state"]) == names  # the whole optimizer state, gathered from the shards
+    sharded, whole = (load_file(d / "checkpoint-3" / "model.safetensors") for d in (out, one))
+    assert sorted(sharded) == sorted(whole)
+    for name, tensor in whole.items():
+        torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-4, msg=name)
 
 
 def test_a_step_must_split_evenly_among_the_processes():
