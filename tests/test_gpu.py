@@ -1,6 +1,7 @@
 """GPU checks (`make test-gpu`): the trainer's models and batches on the GPU, the hf engine
 against the trainer in bf16, a short GRPO run of the embedded default that checkpoints and
-resumes, and the optional vLLM engine and GPU FAISS index.
+resumes, the same under FSDP2 and DeepSpeed ZeRO through accelerate's example configs, and the
+optional vLLM engine and GPU FAISS index.
 
 Marked `gpu`: skipped where CUDA is missing, and left out of the default test run. With
 SEARCHRL_TEST_DEVICE=cpu they run on the CPU instead, which checks the code but not the GPU.
@@ -9,7 +10,11 @@ prints shows (tests/conftest.py).
 """
 
 import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,6 +126,59 @@ def test_a_grpo_run_of_the_embedded_default_checkpoints_and_resumes(tmp_path_fac
     step_s = sum(r["rollout_s"] + r["reward_s"] + r["update_s"] for r in rows) / len(rows)
     record_property("step_s", round(step_s, 2))
     record_property("tokens_per_s", round(sum(r["tokens_per_s"] for r in rows) / len(rows), 1))
+
+
+@pytest.mark.parametrize("config", ["fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_a_sharded_run_on_one_gpu_checkpoints_resumes_and_trains_as_a_plain_one(config, trainer_world, tiny_model_dir,
+                                                                                  record_property):
+    """`accelerate launch --num_processes 1 --config_file train/accelerate/CONFIG.yaml`: 2 GRPO steps
+    of a tiny model that write a checkpoint each, resumed to 3, log the losses of a plain run of 3
+    steps on the same GPU and leave the same whole weights in the last checkpoint."""
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+    if DEVICE != "cuda":
+        pytest.skip("accelerate runs FSDP and DeepSpeed on GPUs only (tests/test_distributed.py has FSDP2 on CPUs)")
+    from safetensors.torch import load_file
+
+    from agent.traces import read_traces
+    from train.grpo import main
+
+    root = Path(__file__).resolve().parents[1]
+    out, plain = trainer_world / f"gpu-{config}", trainer_world / f"gpu-{config}-plain"
+
+    def argv(output_dir, steps):
+        return ["--model", str(tiny_model_dir), "--data", str(trainer_world / "world"), "--index",
+                str(trainer_world / "bm25"), "--output_dir", str(output_dir), "--max_steps", str(steps),
+                "--questions_per_step", "4", "--group_size", "3", "--max_turns", "2", "--max_new_tokens", "6",
+                "--eval_questions", "3", "--test_questions", "3", "--save_every", "1", "--keep_last", "5",
+                "--learning_rate", "1e-3", "--temperature", "1.0", "--oversample", "1", "--precision", "fp32"]
+
+    def launch(steps):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(root / "train" / "accelerate" / f"{config}.yaml"), "--num_processes", "1", "--main_process_port",
+               str(port), str(root / "train" / "grpo.py"), *argv(out, steps)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    started = time.perf_counter()
+    launch(2)
+    record_property("launch_and_2_steps_s", round(time.perf_counter() - started, 1))
+    launch(3)
+    main(argv(plain, 3))
+    rows = [[r for r in read_traces(d / "metrics.jsonl") if r["step"] > 0] for d in (plain, out)]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3]
+    for a, b in zip(*rows, strict=True):
+        for key in ("reward", "loss", "kl_ref", "entropy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
+    sharded, whole = (load_file(d / "checkpoint-3" / "model.safetensors") for d in (out, plain))
+    assert sorted(sharded) == sorted(whole)
+    for name, tensor in whole.items():
+        torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-4, msg=name)
+    record_property("step_s", round(sum(r["rollout_s"] + r["reward_s"] + r["update_s"] for r in rows[1]) / 3, 2))
 
 
 def test_the_vllm_engine_on_the_device(tiny_model_dir, record_property):
