@@ -1,6 +1,6 @@
 """Data-parallel training through `accelerate launch`, on CPUs (gloo): two processes train as
 one, write one set of logs and checkpoints, resume, and agree with a one-process run; the
-same under accelerate's FSDP2, whose weights are sharded (slow)."""
+same under accelerate's FSDP2 and DeepSpeed ZeRO-2 and ZeRO-3, which shard the model's state (slow)."""
 
 import json
 import os
@@ -30,16 +30,20 @@ def args(setup, model_dir, out, steps):
             "--oversample", "1", "--entropy_coef", "0.01", "--device", "cpu", "--precision", "fp32"]
 
 
-def launch(n: int, argv: list[str], script: Path = ROOT / "train" / "grpo.py") -> subprocess.CompletedProcess:
-    """`accelerate launch` of train/grpo.py (or `script`) with `n` processes on the CPU."""
+def launch(n: int, argv: list[str], script: Path = ROOT / "train" / "grpo.py",
+           config: Path | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch` of train/grpo.py (or `script`) with `n` processes on the CPU, data
+    parallel or as the accelerate `config` file says."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+    kind = ["--config_file", str(config)] if config else ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            str(script), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # --device cpu: gloo, even beside GPUs
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # and where deepspeed may be
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}  # --device cpu: gloo, even beside GPUs
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def metrics(out):
@@ -99,6 +103,38 @@ def test_fsdp2_processes_train_as_one_checkpoint_whole_and_resume(setup, tiny_mo
     state = torch.load(out / "checkpoint-3" / "trainer_state.pt", weights_only=False)
     names = [n for n, _ in AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()]
     assert list(state["optimizer"]["state"]) == names  # the whole optimizer state, gathered from the shards
+    sharded, whole = (load_file(d / "checkpoint-3" / "model.safetensors") for d in (out, one))
+    assert sorted(sharded) == sorted(whole)
+    for name, tensor in whole.items():
+        torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_processes_train_as_one_checkpoint_whole_and_resume(setup, tiny_model_dir, stage):
+    """Two processes under DeepSpeed ZeRO-2 or ZeRO-3 (train/accelerate/deepspeed_zero*.yaml, on
+    DeepSpeed's CPU accelerator through tests/deepspeed_on_cpu.py) with a second pass over each
+    batch: the losses of a one-process run, whole weights and every process's optimizer
+    partition in each checkpoint, and a resume that goes on as the one-process run does."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional (pip install deepspeed)")
+    import torch
+    from safetensors.torch import load_file
+
+    extra = ["--tis_cap", "2", "--updates_per_batch", "2"]
+    out, one = setup / f"zero{stage}", setup / f"zero{stage}-one"
+    config, script = ROOT / "train" / "accelerate" / f"deepspeed_zero{stage}.yaml", ROOT / "tests" / "deepspeed_on_cpu.py"
+    run = launch(2, args(setup, tiny_model_dir, out, 2) + extra, script, config)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = launch(2, args(setup, tiny_model_dir, out, 3) + extra, script, config)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resumed from" in run.stdout + run.stderr
+    main(args(setup, tiny_model_dir, one, 3) + extra)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    for a, b in zip(metrics(one), metrics(out), strict=True):
+        for key in ("reward", "loss", "kl_ref", "entropy", "grad_norm", "tis_weight"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
+    state = torch.load(out / "checkpoint-3" / "trainer_state.pt", weights_only=False)
+    assert len(state["optimizer"]["zero_partitions"]) == 2
     sharded, whole = (load_file(d / "checkpoint-3" / "model.safetensors") for d in (out, one))
     assert sorted(sharded) == sorted(whole)
     for name, tensor in whole.items():
