@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import enum
 import hashlib
 import importlib.util
 import os
@@ -48,7 +49,7 @@ class Processes:
         self.index = accelerator.process_index if accelerator is not None else 0
 
     @staticmethod
-    def launched(cpu: bool = False, lora: bool = False, demos: bool = False) -> "Processes":
+    def launched(cpu: bool = False, lora: bool = False, demos: bool = False) -> Processes:
         """The processes `accelerate launch` (or torchrun) started, or this one alone; `cpu`
         keeps every process on the CPU (gloo) where GPUs exist. A config that asks for FSDP or
         DeepSpeed gets it, on GPUs, even for one process; runs with `lora` or with the update's
@@ -269,8 +270,9 @@ class WholeOptimizerState:
     """A sharded optimizer's state as a checkpoint holds it, whole. `state_dict` gathers it
     (a collective: every process calls it; the main process gets the result): under FSDP2
     torch's full optimizer state dict, keyed by parameter name; under DeepSpeed every
-    process's ZeRO partition, in process order. `load_state_dict` gives each process its own
-    part back; a run resumes with as many processes (`train.checkpoint.resume_run` checks it)."""
+    process's ZeRO partition, in process order, as plain data (`plain`: what `torch.load` reads
+    with `weights_only`). `load_state_dict` gives each process its own part back; a run resumes
+    with as many processes (`train.checkpoint.resume_run` checks it)."""
 
     def __init__(self, procs: Processes, optimizer, model: torch.nn.Module):
         self.procs, self.optimizer, self.model = procs, optimizer, model
@@ -284,7 +286,7 @@ class WholeOptimizerState:
         from accelerate.utils import send_to_device
 
         partitions = [None] * self.procs.n if self.procs.is_main else None
-        torch.distributed.gather_object(send_to_device(self.optimizer.state_dict(), "cpu"), partitions, dst=0)
+        torch.distributed.gather_object(plain(send_to_device(self.optimizer.state_dict(), "cpu")), partitions, dst=0)
         return {"zero_partitions": partitions}
 
     def load_state_dict(self, state: dict) -> None:
@@ -294,4 +296,29 @@ class WholeOptimizerState:
             dcp.set_optimizer_state_dict(self.model, self.optimizer, state,
                                          options=dcp.StateDictOptions(full_state_dict=True))
         else:  # a ZeRO optimizer takes every process's partition and keeps its own
-            self.optimizer.load_state_dict(state["zero_partitions"])
+            zero = self.optimizer.optimizer  # DeepSpeed's, inside accelerate's wrapper
+            self.optimizer.load_state_dict([{**part, "loss_scaler": restored_scaler(zero.loss_scaler, part["loss_scaler"])}
+                                            for part in state["zero_partitions"]])
+
+
+def plain(value):
+    """`value` (a ZeRO partition's state dict) with DeepSpeed's objects as plain data, which
+    `torch.load(weights_only=True)` reads: its loss scaler and fragment addresses as dicts of
+    their fields, its ZeRO stage as its number; tensors and plain values as they are."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if hasattr(value, "__dict__") and not isinstance(value, torch.Tensor):
+        return plain(vars(value))
+    return value
+
+
+def restored_scaler(running, fields: dict):
+    """DeepSpeed's loss scaler as a checkpoint held it (`plain`): a copy of the `running` one,
+    of the same kind (the same config), with the saved `fields` (scale, iteration, ...)."""
+    scaler = copy.copy(running)
+    vars(scaler).update(fields)
+    return scaler
