@@ -32,27 +32,46 @@ from eval.bench.rollout import Timed
 console = Console()
 
 
-def main(argv=None) -> dict:
-    from agent.traces import trajectory_record
+def bench_trainer(argv: list[str]):
+    """(config, trainer, train questions) of GRPO flags `argv`: the trainer built as
+    `train/grpo.py` builds it, on the warm start `ensure_default` makes for an embedded model,
+    with its retriever wrapped in a `Timed`."""
     from retrieval import open_retriever
     from train.config import parse_config
-    from train.grpo import GRPOConfig, build_trainer, train_step
-    from train.questions import load_questions, next_questions
+    from train.grpo import GRPOConfig, build_trainer
     from train.prepare import ensure_default
+    from train.questions import load_questions
     from train.tiny import is_embedded
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    steps = 3
-    if "--steps" in argv:
-        at = argv.index("--steps")
-        steps = int(argv[at + 1])
-        del argv[at : at + 2]
     cfg = parse_config(GRPOConfig, argv)
     model_path = cfg.policy.model
     if is_embedded(model_path):
         model_path = str(ensure_default(cfg.data, cfg.index, model_path, eval_questions=0)[2])
     train_set = load_questions(cfg)[0]
-    trainer = build_trainer(cfg, model_path, Timed(open_retriever(cfg.train_index or cfg.index), "search"))
+    return cfg, build_trainer(cfg, model_path, Timed(open_retriever(cfg.train_index or cfg.index), "search")), train_set
+
+
+def take_flag(argv: list[str], flag: str, default: str) -> str:
+    """The value of `flag` in `argv` (removed from it), else `default`: the bench's own flags
+    next to GRPO's."""
+    if flag not in argv:
+        return default
+    at = argv.index(flag)
+    if at + 1 == len(argv):
+        raise SystemExit(f"{flag}: expected a value after it")
+    value = argv[at + 1]
+    del argv[at : at + 2]
+    return value
+
+
+def main(argv=None) -> dict:
+    from agent.traces import trajectory_record
+    from train.grpo import train_step
+    from train.questions import next_questions
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    steps = int(take_flag(argv, "--steps", "3"))
+    cfg, trainer, train_set = bench_trainer(argv)
     sampler, retriever = Timed(trainer.sampler, "generate"), trainer.retriever
     if trainer.sampler is trainer.engine:  # rollouts from the trained model itself: nothing to sync
         trainer.engine = sampler

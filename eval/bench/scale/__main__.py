@@ -1,0 +1,3 @@
+from eval.bench.scale import main
+
+main()
