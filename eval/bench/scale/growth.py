@@ -85,8 +85,10 @@ def plot_panels(path: str | Path, title: str, panels: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    columns = len(panels) if len(panels) <= 3 else 2
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows + 0.3), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
         for label, (xs, ys) in panel["series"].items():
             points = sorted((x, y) for x, y in zip(xs, ys) if y is not None and y > 0)
             if points:
