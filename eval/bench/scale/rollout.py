@@ -1,7 +1,7 @@
 """Rollout time against the number of questions and the group size, with the trainer's sampler.
 
     python -m eval.bench.scale rollout                        # the embedded default
-    python -m eval.bench.scale rollout --shapes 1x8,16x8 --repeats 2 --group_size 4 ...
+    python -m eval.bench.scale rollout --shapes 1x8,16x8 --repeats 2 --png out.png --temperature 1.0
 
 A shape QxG rolls out the first Q train questions G times each in one call of
 `Rollout.groups`, which is what a GRPO step's rollout is, with the trainer's sampler (the
