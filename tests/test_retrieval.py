@@ -367,3 +367,16 @@ def test_build_and_search_clis(tmp_path, capsys):
     assert first[0]["id"] == "p01" and first[0]["title"] == "Eiffel Tower"
     assert json.loads(lines[1])[0]["id"] == "p19"
     assert search_main(["--index", str(tmp_path / "nothing"), "--json", "q"]) == 2
+
+
+def test_a_pq_index_is_built_without_polysemous_training():
+    """faiss trains PQ codes for polysemous filtering by default (a minute of CPU per build);
+    no search here uses it, so the builder turns it off."""
+    import faiss
+
+    from retrieval.dense import build_faiss_index
+
+    vectors = np.random.default_rng(0).standard_normal((512, 32)).astype(np.float32)
+    index = faiss.downcast_index(build_faiss_index(vectors, "IVF2,PQ4"))
+    assert isinstance(index, faiss.IndexIVFPQ) and index.ntotal == 512
+    assert index.do_polysemous_training is False
