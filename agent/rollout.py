@@ -19,17 +19,19 @@ loop (`agent/fork.py` says which edits there are and where each one cuts).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from retrieval.types import Passage, Retriever
 
 from agent.actions import NOT_USEFUL, STOP_TAGS, format_action, parse_action
 from agent.engines.base import Engine, SamplingParams
+from agent.fields import check_fields, doc
 from agent.fork import Fork, prefix_for
 from agent.prompts import (
     NO_RESULTS,
     OBSERVATION_CLOSE,
     OBSERVATION_OPEN,
+    PROMPT_STYLES,
     SEARCH_FAILED,
     corrective_message,
     passage_header,
@@ -39,41 +41,30 @@ from agent.prompts import (
 from agent.types import Example, Segment, Step, Trajectory, TrajectoryGroup
 
 
-def _option(help: str, default):
-    """A config field with its help text (read by `--help` and docs/config.md)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class RolloutConfig:
     """Budgets and sampling of the agent loop."""
 
-    max_turns: int = _option("generation turns per trajectory (a search, a judge and an answer are 3 turns)", 10)
-    max_new_tokens: int = _option("tokens the policy may generate in one turn", 64)
-    max_response_tokens: int = _option("sampled + injected tokens of one trajectory, all turns together", 1536)
-    max_context_tokens: int = _option("prompt + visible response tokens: the model's window", 2048)
-    passages_per_search: int | None = _option("passages each search returns (the retriever's k); none lets the entry "
-                                               "point choose (train/grpo.py: 2 for the tiny model, else 3)", 3)
-    max_doc_tokens: int = _option("tokens kept of each passage's text", 64)
-    max_answer_chars: int = _option("longest answer in characters; a longer one is an invalid action", 200)
-    max_invalid: int = _option("invalid actions before the trajectory ends with finish=invalid", 3)
-    max_searches: int | None = _option("searches allowed per trajectory; one more is an invalid action (none = no cap)",
-                                       None)
-    prompt_style: str = _option("auto | chat (the tokenizer's chat template) | compact (see agent/prompts.py)", "auto")
-    temperature: float = _option("sampling temperature (0 = greedy); logprobs are log softmax(logits / T)", 1.0)
-    top_p: float = _option("nucleus sampling: the smallest set of tokens holding this much probability (1 = off)", 1.0)
-    top_k_sampling: int = _option("sample among the k most likely tokens only (0 = off)", 0)
+    max_turns: int = doc("generation turns per trajectory (a search, a judge and an answer are 3 turns)", 10, ge=1)
+    max_new_tokens: int = doc("tokens the policy may generate in one turn", 64, ge=1)
+    max_response_tokens: int = doc("sampled + injected tokens of one trajectory, all turns together", 1536, ge=1)
+    max_context_tokens: int = doc("prompt + visible response tokens: the model's window", 2048, ge=1)
+    passages_per_search: int | None = doc("passages each search returns (the retriever's k); none lets the entry "
+                                          "point choose (train/grpo.py: 2 for the tiny model, else 3)", 3, ge=1)
+    max_doc_tokens: int = doc("tokens kept of each passage's text", 64, ge=0)
+    max_answer_chars: int = doc("longest answer in characters; a longer one is an invalid action", 200, ge=1)
+    max_invalid: int = doc("invalid actions before the trajectory ends with finish=invalid", 3, ge=1)
+    max_searches: int | None = doc("searches allowed per trajectory; one more is an invalid action (none = no cap)",
+                                   None, ge=0)
+    prompt_style: str = doc("auto | chat (the tokenizer's chat template) | compact (see agent/prompts.py)", "auto",
+                            choices=PROMPT_STYLES)
+    temperature: float = doc("sampling temperature (0 = greedy); logprobs are log softmax(logits / T)", 1.0, ge=0)
+    top_p: float = doc("nucleus sampling: the smallest set of tokens holding this much probability (1 = off)", 1.0,
+                       gt=0, le=1)
+    top_k_sampling: int = doc("sample among the k most likely tokens only (0 = off)", 0, ge=0)
 
     def __post_init__(self) -> None:
-        for name in ("max_turns", "max_new_tokens", "max_response_tokens", "max_context_tokens", "passages_per_search",
-                     "max_invalid"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"RolloutConfig.{name} must be >= 1, got {value}")
-        if self.max_doc_tokens < 0:
-            raise ValueError(f"RolloutConfig.max_doc_tokens must be >= 0, got {self.max_doc_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"RolloutConfig.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        check_fields(self)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent.fields import arg_type
 from agent.prompts import resolve_style
 from agent.rollout import Rollout, RolloutConfig, SearchesFailed, SearchTally
 from agent.traces import TraceWriter, trajectory_record
@@ -53,6 +54,7 @@ from rewards.metrics import (ANSWER_METRICS, ERROR_CATEGORIES, METRIC_LABELS, RE
 from eval.policies import build_model, build_oracle
 from eval.presets import PRESETS
 from eval.report import metric_names, pick_examples, reported_metrics, run_title, write_report
+from retrieval import cli
 
 console = Console(stderr=True)
 
@@ -139,18 +141,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output directory for metrics.json, traces.jsonl, report.md")
     p.add_argument("--corpus", type=Path, default=None, help="corpus for the oracle's passage titles (default: DATA/corpus.jsonl)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a protocol's settings (eval/presets.py)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
-    p.add_argument("--batch-size", type=int, default=64, help="questions rolled out together")
-    p.add_argument("--passages-per-search", type=int, default=3, help="passages each search returns")
-    p.add_argument("--max-turns", type=int, default=RolloutConfig.max_turns, help="actions per question")
-    p.add_argument("--max-new-tokens", type=int, default=RolloutConfig.max_new_tokens, help="tokens per turn")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--limit", type=arg_type(int, ge=1), default=None, help="evaluate the first N questions only")
+    p.add_argument("--batch-size", type=arg_type(int, ge=1), default=64, help="questions rolled out together")
+    p.add_argument("--passages-per-search", type=arg_type(int, ge=1), default=3, help="passages each search returns")
+    p.add_argument("--max-turns", type=arg_type(int, ge=1), default=RolloutConfig.max_turns, help="actions per question")
+    p.add_argument("--max-new-tokens", type=arg_type(int, ge=1), default=RolloutConfig.max_new_tokens,
+                   help="tokens per turn")
+    p.add_argument("--temperature", type=arg_type(float, ge=0), default=0.0, help="0 = greedy")
     p.add_argument("--prompt-style", default="auto", choices=["auto", "chat", "compact"])
     p.add_argument("--seed", type=int, default=0, help="seeds sampling and the bootstrap")
     p.add_argument("--device", default="auto", help="auto (a GPU where CUDA exists, else the CPU) | cpu | cuda | cuda:N")
-    p.add_argument("--search-budget", type=int, default=None, help="searches allowed per question (a further one is an invalid action); also reported")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples for the CIs")
-    p.add_argument("--report-examples", type=int, default=4, help="example traces in report.md")
+    p.add_argument("--search-budget", type=arg_type(int, ge=0), default=None,
+                   help="searches allowed per question (a further one is an invalid action); also reported")
+    p.add_argument("--resamples", type=arg_type(int, ge=1), default=DEFAULT_RESAMPLES, help="bootstrap resamples for the CIs")
+    p.add_argument("--report-examples", type=arg_type(int, ge=0), default=4, help="example traces in report.md")
     p.add_argument("--metrics", type=metric_names, default=list(REPORTED_METRICS),
                    help="answer metrics the table and report.md show, comma-separated: em, f1, cover_em (ours), "
                         "squad_em (Search-R1's and FlashRAG's em), subem (Search-R1), acc and flashrag_f1 (FlashRAG); "
@@ -226,4 +230,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -17,10 +17,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
+from retrieval import cli
 from retrieval.meta import INDEX_META, METHODS
 
 __all__ = ["INDEX_ENTRIES", "build_index", "ensure_index", "main"]
@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

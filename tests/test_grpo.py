@@ -224,9 +224,9 @@ def test_tis_on_the_bf16_sampler_logs_its_gap_and_bad_engines_are_refused(setup,
     (row,) = metrics(out)
     assert 0 < row["sampler_gap"] <= row["sampler_gap_max"] < 0.5  # bf16 rounding, not another policy
     assert 0.5 < row["tis_weight"] < 2.0
-    with pytest.raises(ValueError, match="rollout_engine must be hf or vllm, got 'sglang'"):
+    with pytest.raises(ValueError, match="rollout_engine must be one of hf, vllm, got 'sglang'"):
         main(args(setup, tiny_model_dir, setup / "bad-engine", 1) + ["--rollout_engine", "sglang"])
-    with pytest.raises(ValueError, match="tis_cap must be >= 0"):
+    with pytest.raises(ValueError, match="tis_cap must be a number >= 0 or none, got -1.0"):
         main(args(setup, tiny_model_dir, setup / "bad-tis", 1) + ["--tis_cap", "-1"])
 
 
@@ -296,7 +296,7 @@ def test_oversampled_steps_train_on_the_chosen_groups_and_trace_every_rollout(se
                 by_group.setdefault(t["group_id"], []).append(t["reward"])
         mixed = [g for g, r in by_group.items() if len(set(r)) > 1]
         assert set(mixed[:2]) <= trained
-    with pytest.raises(ValueError, match="oversample must be >= 1"):
+    with pytest.raises(ValueError, match="oversample must be a number >= 1, got 0.5"):
         main(args(setup, tiny_model_dir, setup / "oversample-bad", 1) + ["--oversample", "0.5"])
 
 

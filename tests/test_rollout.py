@@ -238,7 +238,7 @@ def test_sampling_params_reach_the_engine(tiny_tokenizer):
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match="max_turns must be >= 1"):
+    with pytest.raises(ValueError, match="max_turns must be an integer >= 1, got 0"):
         RolloutConfig(max_turns=0)
 
 

@@ -299,9 +299,9 @@ def test_a_server_that_does_not_answer_at_start_up_stops_the_run(trainer_world, 
 def test_bad_failure_settings_are_refused():
     from train.grpo import main
 
-    with pytest.raises(ValueError, match=r"retrieval_failure_threshold must be a share in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"retrieval_failure_threshold must be a number in \[0, 1\], got 1.5"):
         main(["--retrieval_failure_threshold", "1.5"])
-    with pytest.raises(ValueError, match=re.escape("on_retrieval_failure must be one of stop | pause, got 'retry'")):
+    with pytest.raises(ValueError, match=re.escape("on_retrieval_failure must be one of stop, pause, got 'retry'")):
         main(["--on_retrieval_failure", "retry"])
 
 

@@ -128,7 +128,7 @@ def test_the_trainer_places_tree_credit_in_place_of_the_sequence_advantage():
 def test_unknown_outcome_credit_is_refused():
     from train.advantages import AdvantageConfig
 
-    with pytest.raises(ValueError, match="outcome_credit must be sequence or tree, got 'trie'"):
+    with pytest.raises(ValueError, match="outcome_credit must be one of tree, sequence, got 'trie'"):
         AdvantageConfig(outcome_credit="trie")
 
 

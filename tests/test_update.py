@@ -73,7 +73,7 @@ def test_the_kl_term_pulls_a_moved_policy_back_to_its_reference(tiny_model_dir, 
         kls.append(stats["kl_ref"])
         assert stats["reference_s"] > 0
     assert kls[0] > 0 and all(b < a for a, b in zip(kls, kls[1:])) and kls[-1] < 0.5 * kls[0], kls
-    with pytest.raises(ValueError, match="kl_estimator must be one of k1, k2, k3; got 'full'"):
+    with pytest.raises(ValueError, match="kl_estimator must be one of k1, k2, k3, got 'full'"):
         LossConfig(kl_estimator="full")
 
 

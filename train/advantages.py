@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.config import doc
+from train.config import check_fields, doc
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -143,25 +143,20 @@ class AdvantageConfig:
         "process: GRPO's outcome advantage + process_weight x group-normalised step rewards on the tokens that "
         "end each step (DeepSeekMath's process supervision) | grpo: outcome only (Shao et al. 2024) | rloo: "
         "leave-one-out baseline (Ahmadian et al. 2024) | reinforce_pp: batch-whitened rewards, REINFORCE++ "
-        "(Hu 2025) | reinforce_pp_baseline: group mean subtracted first", "process")
-    process_weight: float = doc("estimator=process: weight of the process (step reward) advantage", 0.5)
+        "(Hu 2025) | reinforce_pp_baseline: group mean subtracted first", "process", choices=ESTIMATORS)
+    process_weight: float = doc("estimator=process: weight of the process (step reward) advantage", 0.5, ge=0)
     outcome_credit: str = doc(
         "estimator=process: where the outcome advantage lands. sequence: on every sampled token of the trajectory "
         "(GRPO). tree: on the tokens where the group's samples part, each getting the change in the mean outcome "
         "of the samples sharing the stream before it; adds up to the GRPO advantage along each trajectory "
-        "(train/tree_credit.py)", "tree")
+        "(train/tree_credit.py)", "tree", choices=OUTCOME_CREDITS)
     negative_weight: float = doc("scale of negative advantages: 1 = as estimated, < 1 pushes less on samples worse "
-                                 "than their group's mean", 0.3)
+                                 "than their group's mean", 0.3, ge=0)
     scale_by_std: bool = doc("divide group-centred rewards by the group's std (GRPO); false centres only, as "
                              "Dr.GRPO (Liu et al. 2025) does against the difficulty bias of the std", True)
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if self.outcome_credit not in OUTCOME_CREDITS:
-            raise ValueError(f"outcome_credit must be sequence or tree, got {self.outcome_credit!r}")
-        if self.negative_weight < 0:
-            raise ValueError(f"negative_weight must be >= 0, got {self.negative_weight}")
+        check_fields(self)
 
 
 # -- along time: returns, GAE, process rewards ----------------------------------------------

@@ -1,6 +1,9 @@
 """Config loading shared by the entry points.
 
-An entry point's config is one dataclass whose fields are documented with `doc("...")`.
+An entry point's config is one dataclass whose fields are documented with `doc("...")`, which
+also declares what a field allows (`ge=1`, `choices=(...)`: agent/fields.py); every config
+checks its fields when it is made, so a bad value is refused at start-up naming the field,
+the value and what is allowed.
 Fields made with `section(Cls)` hold a part of the config as a dataclass of its own (the
 rollout's `RolloutConfig`, the `LossConfig`, ...), so the functions below the entry point
 take the part they use. On the command line and in YAML every field of every section is a
@@ -22,12 +25,11 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.fields import allowed, check_fields, doc
+
+__all__ = ["check_fields", "doc", "parse_config", "section", "sections"]
+
 T = TypeVar("T")
-
-
-def doc(help: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
-    """A dataclass field with its help text (shown by `--help` and in docs/config.md)."""
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
 def section(cls: type, **defaults) -> Any:
@@ -51,11 +53,25 @@ def _flat_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
-def _parser_classes(cls: type) -> list[type]:
-    """The dataclasses `HfArgumentParser` parses: `cls`'s own fields as one, then each section's class."""
+def _flags(cls: type) -> type:
+    """A plain dataclass of `cls`'s fields (sections left out) for `HfArgumentParser`, which
+    hands a field's metadata to argparse: only the help text, with what the field allows."""
     hints = typing.get_type_hints(cls)
-    own = [(f.name, hints[f.name], f) for f in dataclasses.fields(cls) if "section" not in f.metadata]
-    return [dataclasses.make_dataclass(f"{cls.__name__}Fields", own), *(hints[s.name] for s in sections(cls))]
+    fields = []
+    for f in dataclasses.fields(cls):
+        if "section" in f.metadata:
+            continue
+        rules = f.metadata.get("allowed", {})
+        help = f.metadata.get("help", "") + (f" [{allowed(hints[f.name], rules)}]" if rules else "")
+        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        fields.append((f.name, hints[f.name], dataclasses.field(metadata={"help": help}, **default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Flags", fields)
+
+
+def _parser_classes(cls: type) -> list[type]:
+    """The dataclasses `HfArgumentParser` parses: `cls`'s own fields as one, then each section's."""
+    hints = typing.get_type_hints(cls)
+    return [_flags(cls), *(_flags(hints[s.name]) for s in sections(cls))]
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
@@ -91,6 +107,9 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
         if unknown:
             raise SystemExit(f"{path}: unknown field(s) {unknown}; {cls.__name__} has {known}")
         parser.set_defaults(**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()})
-    own, *parts = parser.parse_args_into_dataclasses(args=args)
-    values = {f.name: getattr(own, f.name) for f in dataclasses.fields(own)}
-    return cls(**values, **{s.name: part for s, part in zip(sections(cls), parts)})
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    if unknown:
+        raise SystemExit(f"unknown argument(s) {' '.join(unknown)} ({parser.prog} --help lists the fields)")
+    own, *parts = (dataclasses.asdict(flags) for flags in parsed)
+    hints = typing.get_type_hints(cls)  # each section's class, made (and checked) from its flags
+    return cls(**own, **{s.name: hints[s.name](**part) for s, part in zip(sections(cls), parts)})

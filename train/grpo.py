@@ -38,10 +38,13 @@ import torch
 from rich.console import Console
 
 from agent.engines.hf import HFEngine
+from agent.fields import ConfigError, check_fields
 from agent.rollout import Rollout, RolloutConfig
 from agent.traces import TraceWriter, trajectory_record
 from agent.types import Example, TrajectoryGroup
+from retrieval import cli
 from rewards.base import set_step
+from rewards.registry import build_reward
 from train.advantages import AdvantageConfig
 from train.averaging import WeightAverage
 from train.batching import LogprobsForward
@@ -51,7 +54,7 @@ from train.demos import StepDemos, progress_bar
 from train.distributed import ONE, Processes, whole_copy, whole_weights
 from train.hardware import machine, pick_device
 from train.loss import LossConfig
-from train.metrics_log import Trackers, append_jsonl, plot_curves
+from train.metrics_log import TRACKERS, Trackers, append_jsonl, plot_curves
 from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
                           training_attention)
 from train.questions import check_shares, load_questions, next_questions
@@ -77,31 +80,31 @@ class GRPOConfig:
     retrieval_failure_threshold: float = doc(
         "share of a step's searches that may fail (the retriever raised, or did not answer after its retries) and be "
         "trained on as the policy saw them, an observation saying 'Search failed.'; past it on_retrieval_failure acts "
-        "before the update. Evaluations allow no failed search", 0.1)
+        "before the update. Evaluations allow no failed search", 0.1, ge=0, le=1)
     on_retrieval_failure: str = doc(
         "stop: end the run with an error naming the retriever (the same command resumes from the last checkpoint) | "
         "pause: wait, 5 s and doubling up to 5 min, until the retrieval server's /health answers, then roll the step "
-        "out again. Either way a server that does not answer at start-up stops the run", "pause")
+        "out again. Either way a server that does not answer at start-up stops the run", "pause", choices=ON_FAILURE)
     output_dir: str = doc("checkpoints, metrics.jsonl, traces.jsonl, summary.json and curves.png", "outputs/grpo")
-    max_steps: int = doc("training steps (batches of questions)", 40)
-    questions_per_step: int = doc("questions whose groups the update trains on, per step", 24)
-    group_size: int = doc("samples per question (the GRPO group)", 4)
+    max_steps: int = doc("training steps (batches of questions)", 40, ge=1)
+    questions_per_step: int = doc("questions whose groups the update trains on, per step", 24, ge=1)
+    group_size: int = doc("samples per question (the GRPO group)", 4, ge=1)
     oversample: float = doc(
         "DAPO's dynamic sampling (Yu et al. 2025): roll out questions_per_step x this many questions and train on "
         "questions_per_step of their groups, those whose samples scored differently first, settled ones only to "
-        "fill up. 1 = train on every group rolled out", 2.0)
+        "fill up. 1 = train on every group rolled out", 2.0, ge=1)
     rewards: str = doc("reward spec: a JSON list (or YAML list) of {name, weight, ...} (rewards/registry.py)",
                        DEFAULT_REWARDS)
     average_last: int = doc("the final model is the uniform average of the weights after each of the last N steps "
-                            "(tail averaging, train/averaging.py); 0 = the last weights", 30)
-    eval_every: int = doc("steps between greedy dev evaluations (0 = only before training)", 0)
-    eval_questions: int = doc("dev questions per evaluation", 200)
-    test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500)
-    save_every: int = doc("steps between checkpoints (the last step is always saved)", 10)
-    keep_last: int = doc("checkpoints kept on disk, newest first", 2)
+                            "(tail averaging, train/averaging.py); 0 = the last weights", 30, ge=0)
+    eval_every: int = doc("steps between greedy dev evaluations (0 = only before training)", 0, ge=0)
+    eval_questions: int = doc("dev questions per evaluation", 200, ge=0)
+    test_questions: int = doc("test questions evaluated greedily before and after training (0 = none)", 500, ge=0)
+    save_every: int = doc("steps between checkpoints (the last step is always saved)", 10, ge=1)
+    keep_last: int = doc("complete checkpoints kept on disk, newest first", 2, ge=1)
     report_to: str = doc("none | tensorboard | wandb | trackio (comma-separated)", "none")
     resume: bool = doc("resume from the newest complete checkpoint in output_dir", True)
-    seed: int = doc("seed of data order, rollouts and initialisation", 0)
+    seed: int = doc("seed of data order, rollouts and initialisation", 0, ge=0)
     policy: PolicyConfig = section(PolicyConfig)
     rollout: RolloutConfig = section(RolloutConfig, temperature=0.3, passages_per_search=None)
     advantage: AdvantageConfig = section(AdvantageConfig)
@@ -109,19 +112,17 @@ class GRPOConfig:
     optim: OptimConfig = section(OptimConfig)
 
     def __post_init__(self):
-        for name in ("max_steps", "questions_per_step", "group_size", "save_every", "keep_last"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0 <= self.retrieval_failure_threshold <= 1:
-            raise ValueError(f"retrieval_failure_threshold must be a share in [0, 1], got {self.retrieval_failure_threshold}")
-        if self.on_retrieval_failure not in ON_FAILURE:
-            raise ValueError(f"on_retrieval_failure must be one of {' | '.join(ON_FAILURE)}, got {self.on_retrieval_failure!r}")
-        if self.oversample < 1:
-            raise ValueError(f"oversample must be >= 1 (questions rolled out per question trained), got {self.oversample}")
+        check_fields(self)
         if (self.train_data is None) != (self.train_index is None):
-            raise ValueError("train_data and train_index go together: the train questions need the index of their "
-                             f"own corpus (got train_data={self.train_data!r}, train_index={self.train_index!r})")
+            raise ConfigError("train_data and train_index go together: the train questions need the index of their "
+                              f"own corpus (got train_data={self.train_data!r}, train_index={self.train_index!r})")
+        unknown = sorted({n.strip() for n in self.report_to.split(",")} - set(TRACKERS))
+        if unknown:
+            raise ConfigError(f"report_to must be a comma-separated list of {', '.join(TRACKERS)}, got {self.report_to!r}")
+        try:
+            build_reward(json.loads(self.rewards))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"rewards must be a JSON list of reward specs, got {self.rewards!r} ({error})") from None
         # Defaults that depend on another section, derived once here.
         if self.rollout.passages_per_search is None:  # the tiny policy's warm start read 2 passages a search
             self.rollout.passages_per_search = 2 if is_embedded(self.policy.model) else 3
@@ -169,8 +170,6 @@ def build_trainer(cfg: GRPOConfig, model_path: str, retriever, resume_from: Path
     """The policy (a resumed run's weights) on its device, its engines, optimizer and schedule,
     and the reward; with several processes, the update's forward and the optimizer prepared by
     accelerate (DDP, FSDP or DeepSpeed), which syncs the gradients."""
-    from rewards.registry import build_reward
-
     reward = build_reward(json.loads(cfg.rewards))
     device = procs.device if procs.accelerator is not None else pick_device(cfg.policy.device)
     precision = resolve_precision(cfg.policy.precision, device)
@@ -305,7 +304,7 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
 
 
 def main(argv=None) -> dict:
-    cfg = parse_config(GRPOConfig, argv)
+    cfg = parse_config(GRPOConfig, argv)  # every field checked before any work starts
     try:
         return run(cfg)
     except SearchesFailed as err:  # the retriever is down or failing: say so in one line
@@ -414,4 +413,4 @@ def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) ->
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

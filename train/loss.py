@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.config import doc
+from train.config import check_fields, doc
 
 __all__ = [
     "AGGREGATIONS",
@@ -45,44 +45,32 @@ _MAX_LOG_RATIO = 20.0
 class LossConfig:
     """The terms of the update's loss and how they are reduced."""
 
-    clip_low: float = doc("lower clip of the ratio pi / pi_old: 1 - clip_low (PPO, Schulman et al. 2017)", 0.2)
+    clip_low: float = doc("lower clip of the ratio pi / pi_old: 1 - clip_low (PPO, Schulman et al. 2017)", 0.2,
+                          ge=0, lt=1)
     clip_high: float = doc("upper clip of the ratio: 1 + clip_high; above clip_low it is DAPO's clip-higher "
-                           "(Yu et al. 2025), which lets unlikely tokens with positive advantage grow", 0.28)
+                           "(Yu et al. 2025), which lets unlikely tokens with positive advantage grow", 0.28, ge=0)
     kl_coef: float = doc("weight of the KL term to the reference (the starting model); 0 = none, and no "
-                         "reference is held", 0.1)
+                         "reference is held", 0.1, ge=0)
     kl_estimator: str = doc("k1 | k2 | k3: Schulman's estimators of KL(pi || ref) from the sampled token "
-                            "(k3, unbiased and never negative, is GRPO's)", "k3")
-    entropy_coef: float = doc("weight of the entropy bonus (0 = none)", 0.0)
+                            "(k3, unbiased and never negative, is GRPO's)", "k3", choices=("k1", "k2", "k3"))
+    entropy_coef: float = doc("weight of the entropy bonus (0 = none)", 0.0, ge=0)
     entropy_top_share: float = doc("share of sampled tokens, the highest-entropy ones under the policy, that carry "
                                    "the policy-gradient loss (Wang et al. 2025, 'Beyond the 80/20 rule', train on "
-                                   "0.2); the KL and entropy terms keep every token. 1 = all", 1.0)
+                                   "0.2); the KL and entropy terms keep every token. 1 = all", 1.0, gt=0, le=1)
     aggregation: str = doc("how per-token terms reduce to the loss: token_mean (every token weighs the same, DAPO) "
                            "| seq_mean_token_mean (every row the same, the original GRPO) | seq_mean_token_sum_norm "
-                           "(sum over a constant, Dr.GRPO)", "token_mean")
+                           "(sum over a constant, Dr.GRPO)", "token_mean", choices=AGGREGATIONS)
     sft_coef: float = doc("weight of an auxiliary supervised term in every update: the mean cross-entropy of the "
                           "scripted oracle's right answers to the step's questions (as InstructGPT's PPO-ptx mixes "
-                          "in pretraining; needs a generated world). 0 = none", 0.0)
+                          "in pretraining; needs a generated world). 0 = none", 0.0, ge=0)
     tis_cap: float | None = doc(
         "truncated importance sampling (Yao et al. 2025) when the sampler is not the trainer: each token's loss is "
         "weighted by min(pi_trainer / pi_sampler, tis_cap) and the ratio is taken against the trainer's own "
         "logprobs. 0 = off; default: 2 with rollout_engine=vllm, off with hf (whose bf16 copy differs by rounding "
-        "only)", None)
+        "only)", None, ge=0)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={self.clip_low}, "
-                             f"clip_high={self.clip_high}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
-        if not 0 < self.entropy_top_share <= 1:
-            raise ValueError(f"entropy_top_share must be in (0, 1] (1 = every token), got {self.entropy_top_share}")
-        for name in ("kl_coef", "entropy_coef", "sft_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.tis_cap is not None and self.tis_cap < 0:
-            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
+        check_fields(self)
 
 
 def aggregate(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, mode: str = "token_mean",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from agent.traces import read_traces, repair_partial_tail
 
+TRACKERS = ("none", "tensorboard", "wandb", "trackio")
+
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
     if not records:

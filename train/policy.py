@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from train.config import doc
+from train.config import check_fields, doc
 from train.hardware import cpu_bf16_kernels
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
 ROLLOUT_ENGINES = ("hf", "vllm")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -34,32 +35,23 @@ class PolicyConfig:
     model: str = doc("tiny (the embedded default, 3.5M parameters, built and cached on first use) | tiny-large "
                      "(the same recipe at 25M parameters, for a GPU) | a Hugging Face model directory or hub id", "tiny")
     lora_r: int = doc("LoRA rank (0 = full fine-tuning); with LoRA the reference is the model with its adapter "
-                      "off, so no second copy is held", 0)
+                      "off, so no second copy is held", 0, ge=0)
     precision: str = doc(
         "auto | fp32 | bf16-mixed | bf16. fp32: everything in float32. bf16-mixed: float32 weights, bf16 autocast "
         "of the update's and the reference's forwards, rollouts sampled by a bf16 copy synced after every update. "
         "bf16: weights and compute in bf16 (no float32 master weights). auto: bf16-mixed on a GPU that computes "
-        "bf16 and on a CPU with native bf16 kernels (AVX512-BF16 or AMX), fp32 elsewhere", "auto")
+        "bf16 and on a CPU with native bf16 kernels (AVX512-BF16 or AMX), fp32 elsewhere", "auto", choices=PRECISIONS)
     device: str = doc("auto (this process's GPU where CUDA exists, else the CPU) | cpu | cuda: where the policy, "
-                      "its reference, the sampler and the batches live", "auto")
+                      "its reference, the sampler and the batches live", "auto", choices=DEVICES)
     gradient_checkpointing: bool = doc("recompute activations in the backward pass: less memory, more compute", False)
     rollout_engine: str = doc("hf (in-process, over the trained model or its bf16 copy) | vllm (an in-process "
                               "vllm.LLM loaded with the trained weights, LoRA merged, after every update; greedy "
-                              "evaluations stay on hf)", "hf")
+                              "evaluations stay on hf)", "hf", choices=ROLLOUT_ENGINES)
     vllm_gpu_memory_utilization: float = doc("rollout_engine=vllm: share of the GPU's memory vLLM may take (the "
-                                             "trainer needs the rest), in (0, 1]", 0.4)
+                                             "trainer needs the rest)", 0.4, gt=0, le=1)
 
     def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda (each process takes its own GPU), got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.rollout_engine not in ROLLOUT_ENGINES:
-            raise ValueError(f"rollout_engine must be hf or vllm, got {self.rollout_engine!r}")
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from agent.fields import allowed
 from train.config import sections
 from train.grpo import GRPOConfig
 from train.sft import SFTConfig
@@ -33,7 +34,8 @@ def reference_markdown(entries: dict[str, type]) -> str:
     lines = ["# Configuration reference", "",
              "Generated from the config dataclasses by `python -m train.reference docs/config.md`; do not edit by hand.",
              "Every field is a command-line flag (`--field value`) and a key of the YAML file given with "
-             "`--config`.", ""]
+             "`--config`. A value the allowed column does not admit is refused at start-up, before any work, with "
+             "one line naming the field, the value and what is allowed (`--debug` shows the traceback).", ""]
     for command, cls in entries.items():
         lines += [f"## `{command}` ({cls.__name__})", "", (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
                   ""]
@@ -44,7 +46,7 @@ def reference_markdown(entries: dict[str, type]) -> str:
             if name is not None:
                 doc_line = (group_cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
                 lines += [f"### {name} ({group_cls.__name__})", "", doc_line, ""]
-            lines += ["| flag | type | default | what it does |", "| --- | --- | --- | --- |"]
+            lines += ["| flag | allowed | default | what it does |", "| --- | --- | --- | --- |"]
             hints = typing.get_type_hints(group_cls)
             for f in dataclasses.fields(group_cls):
                 if "section" in f.metadata:
@@ -52,10 +54,9 @@ def reference_markdown(entries: dict[str, type]) -> str:
                 default = defaults.get(f.name, f.default)
                 if isinstance(default, str) and len(default) >= 60:
                     long_defaults.append((f.name, default))
-                kind = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-                kind = kind.replace(" | None", " or none")
+                what = allowed(hints[f.name], f.metadata.get("allowed", {}))
                 help_text = f.metadata.get("help", "").replace("|", "\\|")
-                lines.append(f"| `--{f.name}` | {kind} | {_default_text(default)} | {help_text} |")
+                lines.append(f"| `--{f.name}` | {what} | {_default_text(default)} | {help_text} |")
             lines.append("")
         for name, default in long_defaults:
             lines += [f"Default of `--{name}`:", "", "```json", default, "```", ""]

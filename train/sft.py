@@ -29,9 +29,10 @@ from rich.console import Console
 
 from agent.rollout import Rollout, RolloutConfig
 from agent.types import Segment
+from retrieval import cli
 from train.batching import collate_segments, sft_losses
 from train.checkpoint import save_atomic
-from train.config import doc, parse_config
+from train.config import check_fields, doc, parse_config
 from train.demos import (extra_world_demonstrations, extra_world_dir, held_out_names, oracle_demonstrations, pretraining_texts,
                          progress_bar, training_segments, without_names)
 from train.hardware import machine, pick_device
@@ -54,48 +55,49 @@ class SFTConfig:
     demos: str | None = doc("traces.jsonl of demonstrations; default: oracle rollouts of the train split", None)
     output_dir: str | None = doc("where the warm-started model directory is written "
                                  "(default: DATA/tiny/policy-sft for the tiny model, else outputs/sft)", None)
-    max_steps: int = doc("optimizer steps", 600)
-    batch_size: int = doc("segments per optimizer step", 12)
-    learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1.5e-3)
-    warmup_ratio: float = doc("share of steps spent warming up linearly", 0.05)
-    weight_decay: float = doc("AdamW weight decay", 0.0)
-    max_grad_norm: float = doc("gradient clipping norm", 1.0)
-    max_len: int = doc("longest training row in tokens (the context is cut from the left)", 1024)
-    max_demos: int | None = doc("use at most this many demonstrations", None)
-    passages_per_search: int = doc("passages per search in demonstrations (2 keeps the tiny model's contexts short)", 2)
+    max_steps: int = doc("optimizer steps", 600, ge=1)
+    batch_size: int = doc("segments per optimizer step", 12, ge=1)
+    learning_rate: float = doc("peak learning rate of the one-cycle schedule", 1.5e-3, gt=0)
+    warmup_ratio: float = doc("share of steps spent warming up linearly", 0.05, ge=0, le=1)
+    weight_decay: float = doc("AdamW weight decay", 0.0, ge=0)
+    max_grad_norm: float = doc("gradient clipping norm", 1.0, gt=0)
+    max_len: int = doc("longest training row in tokens (the context is cut from the left)", 1024, ge=2)
+    max_demos: int | None = doc("use at most this many demonstrations", None, ge=1)
+    passages_per_search: int = doc("passages per search in demonstrations (2 keeps the tiny model's contexts short)", 2,
+                                   ge=1)
     retrieval_miss_rate: float = doc(
         "share of the demonstrations' searches that miss: they return the passages ranked just below the top k, "
         "which the oracle judges 'not useful' and searches again, so the policy sees the JUDGE action's "
-        "recovery path (seeded by the query's text). 0 = off", 0.0)
-    max_doc_tokens: int = doc("tokens kept of each passage in demonstrations", 64)
-    tiny_vocab_size: int = doc("BPE vocabulary of a new tiny model's tokenizer (model=tiny only)", 2048)
-    tiny_hidden_size: int = doc("width of a new tiny model (model=tiny only)", 256)
-    tiny_layers: int = doc("transformer blocks of a new tiny model (model=tiny only)", 4)
+        "recovery path (seeded by the query's text). 0 = off", 0.0, ge=0, lt=1)
+    max_doc_tokens: int = doc("tokens kept of each passage in demonstrations", 64, ge=0)
+    tiny_vocab_size: int = doc("BPE vocabulary of a new tiny model's tokenizer (model=tiny only)", 2048, ge=1)
+    tiny_hidden_size: int = doc("width of a new tiny model (model=tiny only)", 256, ge=1)
+    tiny_layers: int = doc("transformer blocks of a new tiny model (model=tiny only)", 4, ge=1)
     extra_world_entities: int = doc(
         "model=tiny on a generated world: entities of a second, freshly named world whose oracle demonstrations "
-        "join the train split's, so the model learns to copy names rather than recall them (0 = none)", 6000)
+        "join the train split's, so the model learns to copy names rather than recall them (0 = none)", 6000, ge=0)
     extra_world_questions: int = doc(
-        "questions of that world rolled out as demonstrations, a seeded sample (0 = all)", 0)
+        "questions of that world rolled out as demonstrations, a seeded sample (0 = all)", 0, ge=0)
     pretrain_steps: int = doc(
         "model=tiny: steps of next-token pretraining on the second world's passages before SFT (0 = none). "
-        "Names repeat in every passage, so this is where the model learns to copy them", 500)
-    pretrain_rows: int = doc("rows of 256 tokens per pretraining step", 16)
+        "Names repeat in every passage, so this is where the model learns to copy them", 500, ge=0)
+    pretrain_rows: int = doc("rows of 256 tokens per pretraining step", 16, ge=1)
     extra_world_seed: int | None = doc("seed of that world (default: the data world's seed + 1000)", None)
     context_lm_weight: float | None = doc(
         "weight of an auxiliary next-token loss on the injected text (prompt, observations); default: 0.5 for "
         "model=tiny, which has read no text before (a pretrained model has: 0). The SFT loss itself stays on "
-        "loss_mask tokens", None)
+        "loss_mask tokens", None, ge=0)
     precision: str = doc("auto | fp32 | bf16-mixed: float32 weights, with bf16 autocast of the forwards for "
-                         "bf16-mixed; auto takes bf16-mixed where the GPU or CPU computes bf16 natively", "auto")
+                         "bf16-mixed; auto takes bf16-mixed where the GPU or CPU computes bf16 natively", "auto",
+                         choices=("auto", "fp32", "bf16-mixed"))
     device: str = doc("auto (a GPU where CUDA exists, else the CPU) | cpu | cuda | cuda:N", "auto")
-    heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200)
-    eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200)
-    log_every: int = doc("steps between loss lines in the log", 25)
-    seed: int = doc("seed of initialisation, shuffling and sampling", 0)
+    heldout_every: int = doc("steps between the masked loss on dev demonstrations (0 = never)", 200, ge=0)
+    eval_questions: int = doc("dev questions evaluated (greedy) after training; 0 = none", 200, ge=0)
+    log_every: int = doc("steps between loss lines in the log", 25, ge=1)
+    seed: int = doc("seed of initialisation, shuffling and sampling", 0, ge=0)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16-mixed"):
-            raise ValueError(f"precision must be auto, fp32 or bf16-mixed (float32 weights), got {self.precision!r}")
+        check_fields(self)
 
 
 def rollout_config(cfg: SFTConfig, **overrides) -> RolloutConfig:
@@ -338,4 +340,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

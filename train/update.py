@@ -14,7 +14,7 @@ from agent.types import Trajectory, TrajectoryGroup
 from rewards.outcome import exact_match
 from train.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, process_advantages, scale_negatives
 from train.batching import LogprobsForward, TokenBatch, collate_segments, merge_duplicate_rows, sft_losses, token_logprobs
-from train.config import doc
+from train.config import check_fields, doc
 from train.distributed import ONE, Processes
 from train.loss import LossConfig, aggregate, aggregate_weight, high_entropy_mask, is_finite_step, kl_penalty, policy_loss, truncated_is_weights
 from train.placement import place_step_rewards, response_values_to_rows
@@ -28,24 +28,17 @@ LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine"
 class OptimConfig:
     """AdamW, its schedule, and how each batch is cut into optimizer steps."""
 
-    learning_rate: float = doc("AdamW learning rate (peak, after warmup)", 1e-4)
+    learning_rate: float = doc("AdamW learning rate (peak, after warmup)", 1e-4, gt=0)
     lr_schedule: str = doc("constant | linear | cosine: the learning rate from the end of warmup to max_steps, "
-                           "moved once per step of questions", "constant")
-    warmup_steps: int = doc("steps of linear warmup from 0 to learning_rate", 0)
-    max_grad_norm: float = doc("gradients are clipped to this global L2 norm", 1.0)
-    updates_per_batch: int = doc("passes over each step's batch (PPO epochs)", 1)
+                           "moved once per step of questions", "constant", choices=tuple(LR_SCHEDULES))
+    warmup_steps: int = doc("steps of linear warmup from 0 to learning_rate", 0, ge=0)
+    max_grad_norm: float = doc("gradients are clipped to this global L2 norm", 1.0, gt=0)
+    updates_per_batch: int = doc("passes over each step's batch (PPO epochs)", 1, ge=1)
     minibatch_rows: int = doc("most distinct rows (segments) per optimizer step within a pass; a pass takes as few "
-                              "minibatches as that allows, sized alike", 128)
+                              "minibatches as that allows, sized alike", 128, ge=1)
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        for name in ("updates_per_batch", "minibatch_rows"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or not self.learning_rate > 0 or not self.max_grad_norm > 0:
-            raise ValueError(f"need learning_rate > 0, warmup_steps >= 0 and max_grad_norm > 0, got {self.learning_rate}, "
-                             f"{self.warmup_steps}, {self.max_grad_norm}")
+        check_fields(self)
 
 
 def make_optimizer(params, ocfg: OptimConfig) -> torch.optim.Optimizer:

@@ -57,6 +57,7 @@ from agent.data.entities import Entity, World, WorldConfig
 from agent.data.names import CURRENCY_UNITS, Names
 from agent.data.relations import RELATIONS
 from agent.data.text import entity_passages, iter_passages, iter_questions
+from retrieval import cli
 
 __all__ = [
     "WorldConfig",
@@ -341,4 +342,4 @@ def _print_summary(console: Console, summary: dict, out: str, seconds: float) ->
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
