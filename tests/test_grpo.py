@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -384,3 +385,23 @@ def test_an_annealed_trust_weight_follows_the_training_step(setup, tiny_model_di
     assert [r["rewards/trust/process_weight"] for r in rows] == [1.0, 0.5]
     traces = read_traces(out / "traces.jsonl")
     assert {t["rewards"]["trust/process_weight"] for t in traces if t["step"] == 2} == {0.5}
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_a_fresh_start_logs_each_step_once(setup, tiny_model_dir, capsys):
+    out = setup / "fallback"
+    main(args(setup, tiny_model_dir, out, 2))
+    state = out / "checkpoint-2" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # cut short after the fact
+    capsys.readouterr()
+    main(args(setup, tiny_model_dir, out, 2))
+    err = capsys.readouterr().err
+    assert f"skipped {out / 'checkpoint-2'}: trainer_state.pt has 100 bytes" in err
+    assert f"resumed from {out / 'checkpoint-1'} (step 1;" in err
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert [t["step"] for t in read_traces(out / "traces.jsonl")] == [1] * 6 + [2] * 6
+    # a run killed before its first checkpoint starts afresh, and logs each step once
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    main(args(setup, tiny_model_dir, out, 1))
+    assert [r["step"] for r in metrics(out)] == [1]
+    assert [t["step"] for t in read_traces(out / "traces.jsonl")] == [1] * 6

@@ -18,10 +18,11 @@ What it simplifies, one idea each:
 5. The run hands over `output_dir/final`, the average of the weights of its last
    `average_last` steps, and evaluates it greedily on the held-out test split.
 
-`train_step` is one step: rollout -> score -> pick groups -> advantages -> update. `run`
-reads top to bottom: setup, resume, loop, final evaluation. A run resumes from the newest
-complete checkpoint in `output_dir` and logs each step once; a step whose searches failed
-stops or pauses it before the update (`train/search_guard.py`).
+`train_step` is one step: rollout -> score -> pick groups -> advantages -> update. `main`
+checks the config and holds `output_dir` (a second run on it is refused while the first
+lives); `run` reads top to bottom: setup, resume, loop, final evaluation. A run resumes from
+the newest complete checkpoint in `output_dir` and logs each step once; a step whose searches
+failed stops or pauses it before the update (`train/search_guard.py`).
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ from rewards.registry import build_reward
 from train.advantages import AdvantageConfig
 from train.averaging import WeightAverage
 from train.batching import LogprobsForward
-from train.checkpoint import RunState, latest_checkpoint, resume_run, save_atomic, save_checkpoint
+from train.checkpoint import RunState, latest_checkpoint, resume_run, save_atomic, save_checkpoint, write_atomic
 from train.config import doc, parse_config, section
 from train.demos import StepDemos, progress_bar
 from train.distributed import ONE, Processes, whole_copy, whole_weights
 from train.hardware import machine, pick_device
+from train.lock import hold_output_dir
 from train.loss import LossConfig
-from train.metrics_log import TRACKERS, Trackers, append_jsonl, plot_curves
+from train.metrics_log import TRACKERS, Trackers, append_jsonl, plot_curves, truncate_after
 from train.policy import (Policy, PolicyConfig, Precision, load_policy, make_sampler, resolve_precision, sampler_weights,
                           training_attention)
 from train.questions import check_shares, load_questions, next_questions
@@ -305,17 +307,18 @@ def log_step(result: StepResult, out: Path, traces: TraceWriter, trackers: Track
 
 def main(argv=None) -> dict:
     cfg = parse_config(GRPOConfig, argv)  # every field checked before any work starts
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    procs = Processes.launched(cpu=cfg.policy.device == "cpu", lora=cfg.policy.lora_r > 0,  # the main one writes
+                               demos=cfg.loss.sft_coef > 0)
     try:
-        return run(cfg)
+        with hold_output_dir(Path(cfg.output_dir)) if procs.is_main else contextlib.nullcontext():  # one run per output_dir
+            return run(cfg, procs)
     except SearchesFailed as err:  # the retriever is down or failing: say so in one line
         raise SystemExit(f"error: {err}") from None
 
 
-def run(cfg: GRPOConfig) -> dict:
+def run(cfg: GRPOConfig, procs: Processes = ONE) -> dict:
     """The run `cfg` describes: setup, resume, the loop, the final evaluation; returns the summary."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    procs = Processes.launched(cpu=cfg.policy.device == "cpu", lora=cfg.policy.lora_r > 0,  # the main one writes
-                               demos=cfg.loss.sft_coef > 0)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -337,7 +340,7 @@ def run(cfg: GRPOConfig) -> dict:
     train_retriever = open_retriever(cfg.train_index) if cfg.train_index else retriever
     for r in {id(r): r for r in (retriever, train_retriever)}.values():  # a server down at start-up: stop
         check_answers(r)
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    checkpoint = latest_checkpoint(out, log=lambda line: console.print(line, soft_wrap=True)) if cfg.resume else None
     t = build_trainer(cfg, model_path, train_retriever, checkpoint, procs)
     optimizer = procs.checkpointed(t.optimizer, t.policy.model)  # sharded: read and written whole
     traces, trackers = (TraceWriter(out / "traces.jsonl"), Trackers(cfg.report_to, out, asdict(cfg))) if procs.is_main \
@@ -349,9 +352,12 @@ def run(cfg: GRPOConfig) -> dict:
                            average_last=cfg.average_last, processes=procs.n, logs=procs.is_main)
     else:
         state = RunState()
+        if procs.is_main:  # started afresh: what a run killed before its first checkpoint logged goes
+            for log in ("metrics.jsonl", "traces.jsonl"):
+                truncate_after(out / log, -1)
         if test_set and procs.is_main:
             state.summary["test_before"] = evaluate_greedy(t.engine, retriever, test_set, cfg.rollout, "test", t.searches)
-            (out / "summary.json").write_text(json.dumps(state.summary, indent=2) + "\n")
+            write_atomic(out / "summary.json", json.dumps(state.summary, indent=2) + "\n")
             console.print(f"test EM before training: {state.summary['test_before']['em']:.3f}")
         if dev_set and procs.is_main:
             dev = evaluate_greedy(t.engine, retriever, dev_set, cfg.rollout, "dev", t.searches)
@@ -379,7 +385,7 @@ def run(cfg: GRPOConfig) -> dict:
                 if saving:
                     save_checkpoint(out, state.step, t.whole.model, t.policy.tokenizer, optimizer_state, t.scheduler,
                                     cursor=state.cursor, config=cfg, keep_last=cfg.keep_last, processes=procs.n,
-                                    extra={"average": t.average.state_dict()})
+                                    extra={"average": t.average.state_dict()}, summary=state.summary)
             procs.wait()
     if procs.n > 1 and not procs.weights_agree(t.average.params):
         raise RuntimeError("the processes' weights differ after training: the gradients were not synced")
@@ -401,7 +407,7 @@ def finish(t: Trainer, state: RunState, out: Path, retriever, test_set: list) ->
     summary["final_model"] = {"path": str(out / "final"), "averaged_steps": t.average.count,
                               **({"averaged_from_step": t.average.first_step(state.step)} if averaged else {})}
     summary["machine"] = {**machine(), "processes": procs.n}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if "test_before" in summary and "test_after" in summary:
         before, after = summary["test_before"]["em"], summary["test_after"]["em"]
         how = f", weights averaged over the last {t.average.count} steps" if averaged else ""

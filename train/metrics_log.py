@@ -2,7 +2,8 @@
 
 Lines are appended with fsync. On resume, `truncate_after(path, step)` drops every line
 written after the checkpoint being resumed (steps that will be redone), so a killed and
-resumed run has each step exactly once in `metrics.jsonl` and `traces.jsonl`.
+resumed run has each step exactly once in `metrics.jsonl` and `traces.jsonl`; it reads the
+file backwards from its end, so resuming costs no more with a long run's traces.
 """
 
 from __future__ import annotations
@@ -26,18 +27,48 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def truncate_after(path: Path, step: int, key: str = "step") -> int:
-    """Keep only records with record[key] <= step; returns how many were dropped."""
+    """Drop the records with record[key] > step (a record without `key` counts as step 0);
+    returns how many were dropped. Records are appended in step order, so they are the file's
+    tail: it is read backwards from the end, a block at a time, up to the first record kept,
+    and cut there. Time and memory go with what is dropped (plus a block), not with the file."""
     if not path.exists():
         return 0
     repair_partial_tail(path)
-    records = read_traces(path)
-    kept = [r for r in records if r.get(key, 0) <= step]
-    if len(kept) == len(records):
-        return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(path)
-    return len(records) - len(kept)
+    with open(path, "rb+") as f:
+        keep, dropped = tail_cut(f, step, key, str(path))
+        if dropped:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return dropped
+
+
+def tail_cut(f, step: int, key: str = "step", name: str = "file", block: int = 1 << 16) -> tuple[int, int]:
+    """(the byte offset where the records of `f` with record[key] > step begin, how many there
+    are): `f` (binary, every line ending in a newline) is read backwards from its end, `block`
+    bytes at a time, and no further back than the first record kept."""
+    end = f.seek(0, os.SEEK_END)  # the records still to look at end here
+    buf, buf_start = b"", end  # the bytes [buf_start, end) of the file
+    dropped = 0
+    while end > 0:
+        nl = buf.rfind(b"\n", 0, len(buf) - 1)  # the newline before the last line, if read yet
+        while nl < 0 and buf_start > 0:
+            start = max(0, buf_start - block)
+            f.seek(start)
+            buf, buf_start = f.read(buf_start - start) + buf, start
+            nl = buf.rfind(b"\n", 0, len(buf) - 1)
+        line = buf[nl + 1 : -1]
+        if line.strip():
+            try:
+                value = json.loads(line).get(key, 0)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name}: the line ending at byte {end} is not valid JSON ({exc.msg})") from None
+            if value <= step:
+                return end, dropped
+            dropped += 1
+        buf = buf[: nl + 1]
+        end = buf_start + nl + 1
+    return 0, dropped
 
 
 class Trackers:
