@@ -94,3 +94,10 @@ def test_the_config_reference_is_up_to_date():
     page = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert page.read_text(encoding="utf-8") == reference_markdown(ENTRY_POINTS), \
         "docs/config.md is stale: run `python -m train.reference docs/config.md`"
+
+
+def test_an_abbreviated_flag_is_refused_not_taken_for_the_field_it_begins():
+    from train.grpo import GRPOConfig
+
+    with pytest.raises(SystemExit, match=r"unknown argument\(s\) --max_step 3"):
+        parse_config(GRPOConfig, ["--max_step", "3"])

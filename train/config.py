@@ -80,7 +80,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None) -> T:
     from transformers import HfArgumentParser
 
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(_parser_classes(cls))
+    parser = HfArgumentParser(_parser_classes(cls), allow_abbrev=False)  # --max_step is no --max_steps
     for action in parser._actions:  # argparse %-formats help text: "40% of" would break --help
         if action.help:
             action.help = action.help.replace("%", "%%")
