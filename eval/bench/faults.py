@@ -1,12 +1,13 @@
-"""Fault injection: kill GRPO runs at random points, damage their checkpoints, restart them,
-and count what they lost.
+"""Fault injection: kill GRPO runs at random points, damage their checkpoints, make their
+retriever fail for a while, and count what they lost.
 
-    python -m eval.bench.faults                 # about 5 minutes on 2 cores; writes runs/faults/
+    python -m eval.bench.faults                 # about 12 minutes on 2 cores; writes runs/faults/
 
 Each fault kind drives runs of the trainer (`train/grpo.py`, a fresh child process at every
 start) into its fault, restarts them until they finish, and makes one row of the table:
 
-  injected          faults that happened (a kill that fired, a checkpoint damaged)
+  injected          faults that happened (a kill that fired, a checkpoint damaged, a retriever
+                    window that met a request)
   runs survived     runs that, restarted after every fault, finished (exit 0, final model and
                     test evaluation in summary.json)
   traj. lost        trajectories of the uninterrupted run's traces.jsonl missing from the
@@ -14,7 +15,9 @@ start) into its fault, restarts them until they finish, and makes one row of the
   traj. duplicated  trajectories the run's traces.jsonl holds more than once (target 0)
   resumes matched   restarts after a fault whose metrics.jsonl, when the process ended, held
                     each step once with the uninterrupted run's reward, EM, loss, KL, entropy
-                    and gradient norm (within 1e-5)
+                    and gradient norm (within 1e-5); for a retriever fault, runs (one start
+                    each) whose metrics.jsonl so matched and whose test EM before and after
+                    training were the uninterrupted run's
 
 Kinds: SIGKILL at a random point of the rollout, the update, the checkpoint write or the trace
 append of a random step (a trace append is killed after a random share of its bytes reached
@@ -26,18 +29,31 @@ process after a random delay within the phase's usual length, or at the phase's 
 comes first, so every kill lands inside its phase. The uninterrupted run is the same command
 with no fault, which also measures each phase's length.
 
+Retriever kinds: the run searches (`--index http://...`) a `FlakyServer` the bench serves on a
+thread over the same BM25 index, which fails twice, each time from a random /retrieve request
+of the run for 1 to 3 s: down (its socket closed), slow past the client's timeout, slow within
+it (answers late but right), 500s, or garbage (not JSON, or not the wire format). The trainer
+keeps its default `--on_retrieval_failure pause`: a step or evaluation whose searches failed is
+rolled out again, same questions and seed, once /health answers; so every metric should be the
+uninterrupted run's, which is the same command against a server that never fails. A failed
+request fails a whole turn's searches, past the default threshold of 10% at this size. The
+trainer's flags set neither the client's timeout and retries (30 s, 3 retries) nor its pauses
+(5 s, doubling): the child gets a 2 s timeout, 1 retry and pauses from 0.2 s (`_quick_retries`),
+or each window would cost minutes. These runs are by the embedded default's warm-started policy
+with turns of 24 tokens, since the random model below never writes a search.
+
 The runs are the embedded default's recipe at test size (as tests/test_grpo.py trains): a
 300-entity generated world with its BM25 index and a random 2-layer tiny Qwen2, 4 steps of
 2 questions x 3 samples, a checkpoint every step, the two newest kept.
 
-A new kind (a retriever that is down, slow, answers 500s or garbage) is one more function
-`(Bench, random.Random) -> Row` in `FAULTS`: it starts runs with `Bench.start`, restarts them
-with `Bench.finish`, and counts its faults in its row.
+A new kind is one more function `(Bench, random.Random) -> Row` in `FAULTS`: it starts runs
+with `Bench.start`, restarts them with `Bench.finish`, and counts its faults in its row.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -91,6 +107,8 @@ def run_child(argv: list[str]) -> None:
     import train.grpo
 
     spec, lengths, in_step = json.loads(argv[0]), {phase: [] for phase in PHASES}, [False]
+    if "client" in spec:
+        _quick_retries(spec["client"], spec["pause"])
     owners = {"rollout": (agent.rollout.Rollout, "__call__"), "update": (train.grpo, "policy_update"),
               "checkpoint write": (train.grpo, "save_checkpoint"), "trace append": (agent.traces.TraceWriter, "write")}
     for phase, (owner, name) in owners.items():
@@ -109,6 +127,23 @@ def run_child(argv: list[str]) -> None:
     train.grpo.main(argv[1:])
     if "observe" in spec:
         Path(spec["observe"]).write_text(json.dumps(lengths))
+
+
+def _quick_retries(client: dict, pause: dict) -> None:
+    """Every `HTTPRetriever` of the child with `client`'s timeout, retries and backoff, and the
+    trainer's pauses with `pause`'s first and longest wait: the trainer's flags set neither
+    (a timeout of 30 s and a first pause of 5 s would make each retriever fault last minutes)."""
+    import retrieval.client
+    import train.grpo
+
+    http = retrieval.client.HTTPRetriever
+
+    class Quick(http):
+        def __init__(self, url: str, **_ignored):
+            super().__init__(url, **client)
+
+    retrieval.client.HTTPRetriever = Quick
+    train.grpo.SearchGuard = functools.partial(train.grpo.SearchGuard, **pause)
 
 
 def _faulty(fn, phase: str, spec: dict, lengths: list[float], counts=lambda: True):
@@ -165,13 +200,19 @@ class Bench:
     baseline_metrics: list[dict] = field(default_factory=list)
     baseline_keys: set = field(default_factory=set)
     lengths: dict = field(default_factory=dict)  # phase -> the uninterrupted run's mean call length (s)
+    policy: Path | None = None  # a warm-started policy that searches: the retriever faults' runs
+    extra: tuple[str, ...] = ()  # trainer flags over `flags`' own
+    uninterrupted: str = "uninterrupted"  # the uninterrupted run's directory in `work`
+    requests: int = 0  # /retrieve requests of the uninterrupted run (a searching bench's)
+    searching: Bench | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def flags(self, out: Path) -> list[str]:
         return ["--model", str(self.model), "--data", str(self.world), "--index", str(self.index), "--output_dir", str(out),
                 "--max_steps", str(self.steps), "--questions_per_step", "2", "--group_size", "3", "--oversample", "1",
                 "--max_turns", "2", "--max_new_tokens", "6", "--eval_every", "0", "--eval_questions", "3",
                 "--test_questions", "3", "--save_every", "1", "--keep_last", "2", "--learning_rate", "1e-3",
-                "--temperature", "1.0", "--entropy_coef", "0.01"]
+                "--temperature", "1.0", "--entropy_coef", "0.01", *self.extra]
 
     def start(self, out: Path, fault: dict, flags: tuple[str, ...] = ()) -> int:
         """One start of the run in `out` with `fault` waiting (and trainer `flags` over the bench's,
@@ -214,11 +255,48 @@ class Bench:
             math.isclose(r[k], b[k], rel_tol=1e-5, abs_tol=1e-7) for r, b in zip(rows, self.baseline_metrics)
             for k in COMPARED)
 
+    def same_tests(self, out: Path) -> bool:
+        """Whether `out`'s summary holds the uninterrupted run's test EM before and after training."""
+        summaries = [json.loads((run / "summary.json").read_text()) for run in (out, self.work / self.uninterrupted)]
+        return all(summaries[0].get(k, {}).get("em") == summaries[1][k]["em"] for k in ("test_before", "test_after"))
+
+    def start_searching(self, out: Path, windows: list[Window]) -> tuple[int, FlakyServer]:
+        """One start of the run in `out` searching a `FlakyServer` over the bench's index that
+        fails through `windows`; its exit status and the server."""
+        from retrieval import open_retriever
+
+        server = FlakyServer(open_retriever(self.index, cache_size=0), windows)
+        try:
+            code = self.start(out, {"client": CLIENT, "pause": PAUSE}, ("--index", server.url))
+        finally:
+            server.close()
+        return code, server
+
+    def searcher(self) -> Bench:
+        """The bench of the retriever faults, made once: the same runs by `policy` (the random
+        tiny model never writes a search, so a retriever fault would never meet one), with turns
+        of 24 tokens so that a search fits; its uninterrupted run searches a `FlakyServer` that
+        never fails, and counts the /retrieve requests a run makes."""
+        with self.lock:
+            if self.searching is None:
+                bench = Bench(self.work, self.world, self.index, self.policy, self.steps, extra=("--max_new_tokens", "24"),
+                              uninterrupted="retriever-uninterrupted")
+                out = self.work / bench.uninterrupted
+                code, server = bench.start_searching(out, [])
+                if code != 0 or not server.requests:
+                    raise RuntimeError(f"the uninterrupted run of the retriever faults failed or never searched: see {out}.log")
+                bench.baseline_metrics, bench.baseline_keys = step_metrics(out), set(trajectory_keys(out))
+                bench.requests, self.searching = server.requests, bench
+            return self.searching
+
     def finish(self, out: Path, row: Row) -> None:
         """Restart the run in `out` with no fault and add its outcome to `row`."""
-        code = self.start(out, {})
+        self.tally(out, row, self.start(out, {}), self.matches(out))
+
+    def tally(self, out: Path, row: Row, code: int, matched: bool) -> None:
+        """Add to `row` the run in `out` whose last start exited with `code`, and whether it `matched`."""
         row.resumes += 1
-        row.matched += self.matches(out)
+        row.matched += matched
         summary = out / "summary.json"
         row.survived += code == 0 and summary.exists() and {"final_model", "test_after"} <= set(json.loads(summary.read_text()))
         keys = trajectory_keys(out)
@@ -298,13 +376,159 @@ def damaged_checkpoint(damages: dict = DAMAGES):
     return kind
 
 
-FAULTS = [*(sigkill(phase) for phase in PHASES), damaged_checkpoint()]
+# -- retriever faults: the runs search a server of the bench's that fails for a while ----------
+
+CLIENT = {"timeout": 2.0, "retries": 1, "backoff": 0.05}  # the child's HTTPRetriever (see _quick_retries)
+PAUSE = {"first_wait": 0.2, "max_wait": 1.0}  # the child's pauses on failed searches
+MODES = {"down": "retriever down", "slow": "retriever slow, past the client's timeout",
+         "within": "retriever slow, within the client's timeout", "500": "retriever answers 500",
+         "garbage": "retriever answers garbage"}
+DELAYS = {"slow": 1.5 * CLIENT["timeout"], "within": 0.25 * CLIENT["timeout"]}
+GARBAGE = (b"<html>502 Bad Gateway</html>", b'{"result": "no"}', b'{"result": []}', b'{"result": [[{"score": 1}]]}')
+
+
+@dataclass
+class Window:
+    """A fault of `mode` from the first /retrieve request numbered `at` or later, for `seconds`."""
+
+    mode: str
+    at: int
+    seconds: float
+    started: float | None = None  # monotonic time of the request that began it
+    hits: int = 0  # requests it faulted
+
+
+class FlakyServer:
+    """A Search-R1-style retrieval server on 127.0.0.1 over `retriever` (POST /retrieve, GET
+    /health, as `retrieval.server` answers them) that fails through its `windows` in turn:
+    down (the listening socket closed, kept-alive connections dropped unanswered), slow (each
+    answer delayed), 500 (every answer), garbage (answers that are not JSON or not the wire
+    format). It counts the /retrieve requests it received."""
+
+    def __init__(self, retriever, windows: list[Window] = ()):
+        # imported here: a first request importing FastAPI would outlast the client's timeout
+        from retrieval.server import format_result
+
+        self.format_result = format_result
+        self.retriever, self.windows, self.requests = retriever, list(windows), 0
+        self.lock, self.search_lock, self.active, self.closed = threading.Lock(), threading.Lock(), None, False
+        self.httpd = self._serve(0)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _serve(self, port: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as HTTPRetriever's connections are
+
+            def do_GET(self):
+                self.answer(None)
+
+            def do_POST(self):
+                self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def answer(self, request: dict | None):
+                mode = server.fault(retrieve=request is not None)
+                if mode == "down":
+                    self.close_connection = True  # no answer: the client sees the connection end
+                    return
+                if mode in DELAYS:
+                    time.sleep(DELAYS[mode])
+                if mode == "500":
+                    return self.reply(500, json.dumps({"error": "injected fault"}).encode())
+                if mode == "garbage":
+                    return self.reply(200, GARBAGE[server.requests % len(GARBAGE)])
+                self.reply(200, json.dumps(server.result(request)).encode())
+
+            def reply(self, status: int, body: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # a slow answer the client stopped waiting for
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return httpd
+
+    def result(self, request: dict | None) -> dict:
+        if request is None:
+            return {"status": "ok"}
+        with self.search_lock:
+            results = self.retriever.search(request["queries"], request["topk"])
+        return self.format_result(results, request.get("return_scores", False))
+
+    def fault(self, retrieve: bool) -> str | None:
+        """The fault this request meets (None: answer it), counting it, and beginning or ending
+        a window as it arrives."""
+        with self.lock:
+            self.requests += retrieve
+            now = time.monotonic()
+            if self.active and now - self.active.started >= self.active.seconds:
+                self.active = None
+            if not self.active and self.windows and retrieve and self.requests >= self.windows[0].at:
+                self.active = self.windows.pop(0)
+                self.active.started = now
+                if self.active.mode == "down":
+                    threading.Thread(target=self._down, args=(now + self.active.seconds,), daemon=True).start()
+            if not self.active:
+                return None
+            self.active.hits += 1
+            return self.active.mode
+
+    def _down(self, until: float) -> None:
+        """Close the listening socket until the monotonic time `until`, then listen on the same port again."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        time.sleep(max(0.0, until - time.monotonic()))
+        with self.lock:
+            if not self.closed:
+                self.httpd = self._serve(self.port)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def retriever_fault(mode: str, runs: int = 1, windows: int = 2):
+    """The fault kind `MODES[mode]`: `runs` runs searching a `FlakyServer` that fails `windows`
+    times, from a random /retrieve request of the run for 1 to 3 s, each run in one start
+    (the trainer pauses on the failed searches and rolls the step or evaluation out again)."""
+
+    def kind(bench: Bench, rng: random.Random) -> Row:
+        row, bench = Row(MODES[mode], runs=runs), bench.searcher()
+        for i in range(runs):
+            ats = sorted(rng.sample(range(1, bench.requests + 1), windows))
+            planned = [Window(mode, at, rng.uniform(1.0, 3.0)) for at in ats]
+            out = bench.work / f"retriever-{mode}-{i}"
+            code, _ = bench.start_searching(out, planned)
+            row.injected += sum(w.hits > 0 for w in planned)
+            bench.tally(out, row, code, bench.matches(out) and bench.same_tests(out))
+        return row
+
+    return kind
+
+
+FAULTS = [*(sigkill(phase) for phase in PHASES), damaged_checkpoint(), *(retriever_fault(mode) for mode in MODES)]
 
 
 def build_bench(work: Path) -> Bench:
-    """The runs' world (300 entities), its BM25 index and a random tiny model, built in `work`."""
+    """The runs' world (300 entities), its BM25 index and a random tiny model, built in `work`;
+    and the embedded default's warm-started policy (built once in data/, minutes)."""
     from agent.data.world import WorldConfig, generate_world, write_world
     from retrieval.build import build_index
+    from train.prepare import DEFAULT_DATA, DEFAULT_INDEX, ensure_tiny_policy
     from train.tiny import (
         TinyModelConfig,
         build_model,
@@ -322,7 +546,7 @@ def build_bench(work: Path) -> Bench:
         size = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
                                max_positions=512)
         save_model_dir(build_model(tokenizer, size, seed=0), tokenizer, model)
-    return Bench(work, world, index, model)
+    return Bench(work, world, index, model, policy=ensure_tiny_policy(ROOT / DEFAULT_DATA, ROOT / DEFAULT_INDEX))
 
 
 def table(rows: list[Row]) -> Table:
@@ -343,7 +567,8 @@ def main(argv=None) -> list[Row]:
     args = p.parse_args(argv)
     start = time.perf_counter()
     bench = build_bench(args.out)
-    for old in [*args.out.glob("kill-*"), *args.out.glob("damaged-*"), *args.out.glob("uninterrupted*")]:
+    for old in [*args.out.glob("kill-*"), *args.out.glob("damaged-*"), *args.out.glob("retriever-*"),
+                *args.out.glob("uninterrupted*")]:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     bench.run_baseline()
     with ThreadPoolExecutor(args.workers) as pool:
