@@ -1,7 +1,7 @@
 """Fault injection: kill GRPO runs at random points, damage their checkpoints, make their
 retriever fail for a while, and count what they lost.
 
-    python -m eval.bench.faults                 # about 12 minutes on 2 cores; writes runs/faults/
+    python -m eval.bench.faults                 # 5 to 10 minutes on 2 cores; writes runs/faults/
 
 Each fault kind drives runs of the trainer (`train/grpo.py`, a fresh child process at every
 start) into its fault, restarts them until they finish, and makes one row of the table:
