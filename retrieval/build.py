@@ -42,7 +42,7 @@ def build_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method: 
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     out = Path(out)
-    _check_target(out, overwrite)
+    cli.check_output_dir(out, INDEX_ENTRIES, what="a retrieval index", action="build", overwrite=overwrite)
     from retrieval.corpus import load_corpus
 
     started = time.perf_counter()
@@ -89,17 +89,6 @@ def ensure_index(corpus_path: str | os.PathLike, out: str | os.PathLike, method:
         Console(stderr=True).print(f"building the {method} index of {corpus_path} in {out}")
         build_index(corpus_path, out, method)
     return out
-
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    """Refuse a directory holding anything a build did not write, unless `overwrite`."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, expected a directory path")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in INDEX_ENTRIES) if out.is_dir() else []
-    if foreign and not overwrite:
-        raise ValueError(f"--out {out}: holds {foreign[0]!r}, which is not part of a retrieval index; refusing "
-                         f"to build there (choose another --out, or pass --overwrite to replace only "
-                         f"{', '.join(INDEX_ENTRIES)} and keep the rest)")
 
 
 def _move_into(staging: Path, out: Path) -> None:

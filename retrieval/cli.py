@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -67,3 +68,14 @@ def run(main: Callable, argv: list[str] | None = None) -> None:
             raise
         fail(exit_.code)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def check_output_dir(out: Path, own: Sequence[str], *, what: str, action: str, overwrite: bool) -> None:
+    """Refuse `out` when it is a file, or a directory holding anything but a command's `own`
+    entries unless `overwrite`: written among other files, `what` would mix with them."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, expected a directory path")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if foreign and not overwrite:
+        raise ValueError(f"{out}: holds {foreign[0]!r}, which is not part of {what}; refusing to {action} there "
+                         f"(choose another --out, or pass --overwrite to replace only {', '.join(own)} and keep the rest)")

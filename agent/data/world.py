@@ -243,15 +243,7 @@ def _write_description(world: World, summary: dict, path: Path) -> None:
 
 
 def _check_target(out: Path, overwrite: bool = False) -> None:
-    """Refuse a directory holding anything but a world's files, unless `overwrite`: a world
-    written among other files would mix with them."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: is a file, expected a directory path")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in WORLD_FILES) if out.is_dir() else []
-    if foreign and not overwrite:
-        raise ValueError(f"{out}: holds {foreign[0]!r}, which is not part of a generated world; refusing to write "
-                         f"a world there (choose another --out, or pass --overwrite to replace only "
-                         f"{', '.join(WORLD_FILES)} and keep the rest)")
+    cli.check_output_dir(out, WORLD_FILES, what="a generated world", action="write a world", overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- CLI
